@@ -1,0 +1,24 @@
+"""The `recsys` command: one subcommand per file in jobs/."""
+
+from __future__ import annotations
+
+import click
+
+from jobs.config_cmd import config_group
+from jobs.nightly import nightly
+from jobs.rollback import rollback
+from jobs.runs import runs
+from jobs.score import score
+from jobs.train import train
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="recsys")
+def main() -> None:
+    """Nightly batch recommender: train, score every user against every item, publish top-N
+    to DuckDB. Exit codes: 0 published, 2 usage, 65 bad data or failed gate, 66 missing
+    input, 73 no space, 75 already running, 1 anything else."""
+
+
+for command in (nightly, train, score, runs, rollback, config_group):
+    main.add_command(command)

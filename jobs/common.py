@@ -1,0 +1,73 @@
+"""What every job shares: config loading with CLI overrides, and turning library errors into
+one stderr line plus a sysexits exit code."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from recsys import logs
+from recsys.config import Config, load_config, set_option
+from recsys.errors import EX_SOFTWARE, RecsysError
+
+log = logging.getLogger("recsys.jobs")
+DEFAULT_CONFIG = Path("recsys.toml")
+
+
+def config_option(f: Callable) -> Callable:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="TOML config file (default: ./recsys.toml when present).",
+    )(f)
+
+
+def database_option(f: Callable) -> Callable:
+    return click.option("--database", type=click.Path(dir_okay=False), default=None,
+                        help="Served DuckDB file (default: output.database).")(f)  # fmt: skip
+
+
+def build_config(config_path: str | None, overrides: dict[str, Any]) -> Config:
+    """File (or ./recsys.toml), then RECSYS_* variables, then CLI `overrides` ("section.key")."""
+    path = (
+        Path(config_path) if config_path else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    )
+    config = load_config(path)
+    for dotted, value in overrides.items():
+        if value is not None:
+            section, key = dotted.split(".")
+            set_option(config, section, key, value, origin=f"option for {section}.{key}")
+    return config
+
+
+def handle_errors(f: Callable) -> Callable:
+    """Library errors -> `error: <one line>` on stderr and their exit code; no traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logs.configure()
+        try:
+            return f(*args, **kwargs)
+        except RecsysError as exc:
+            log.debug("failed", exc_info=True)
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # unexpected: one line on stderr, the traceback in the run log
+            log.debug("unexpected error:\n%s", traceback.format_exc())
+            click.echo(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                       " (traceback in the run log)", err=True)  # fmt: skip
+            sys.exit(EX_SOFTWARE)
+
+    return wrapper

@@ -1,0 +1,44 @@
+"""`recsys nightly`: the whole job on the configured source (or the demo data)."""
+
+from __future__ import annotations
+
+import click
+
+from jobs.common import build_config, config_option, database_option, handle_errors
+from recsys.ledger import new_run_id
+from recsys.pipeline import nightly as run_nightly
+
+
+@click.command()
+@config_option
+@click.option(
+    "--interactions",
+    default=None,
+    help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
+)
+@database_option
+@click.option(
+    "--model",
+    default=None,
+    help="A model name, or auto to train the candidates and serve the best.",
+)
+@click.option("--top-n", type=click.IntRange(min=1), default=None, help="Items per user.")
+@click.option(
+    "--seed", type=int, default=None, help="Seed for splits, initialisation and sampling."
+)
+@handle_errors
+def nightly(config_path, interactions, database, model, top_n, seed) -> None:
+    """Train, choose, score every user and publish atomically to the served DuckDB file."""
+    config = build_config(config_path, {
+        "source.interactions": interactions, "output.database": database, "model.name": model,
+        "scoring.top_n": top_n, "training.seed": seed,
+    })  # fmt: skip
+    summary = run_nightly(config, new_run_id())
+    click.echo(
+        f"published run {summary.run_id}: {summary.model}, {summary.num_users} users x "
+        f"{summary.num_items} items, {summary.num_rows} recommendations, "
+        f"{summary.num_similar_rows} similar-item rows -> {summary.database}"
+    )
+    click.echo(
+        f"{summary.selection}; " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.timings.items())
+    )

@@ -1,0 +1,33 @@
+"""`recsys train`: train (and choose) a model and write a self-describing checkpoint."""
+
+from __future__ import annotations
+
+import click
+
+from jobs.common import build_config, config_option, handle_errors
+from recsys.checkpoint import save_checkpoint
+from recsys.pipeline import load_dataset, train_and_choose
+from recsys.score import resolve_device
+
+
+@click.command()
+@config_option
+@click.option(
+    "--interactions",
+    default=None,
+    help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
+)
+@click.option("--model", default=None, help="A model name, or auto.")
+@click.option("--seed", type=int, default=None)
+@click.option("--out", "out", type=click.Path(dir_okay=False), default="model.pt", show_default=True,
+              help="Checkpoint file to write.")  # fmt: skip
+@handle_errors
+def train(config_path, interactions, model, seed, out) -> None:
+    """Train on the interactions and save a checkpoint for `recsys score`."""
+    config = build_config(
+        config_path,
+        {"source.interactions": interactions, "model.name": model, "training.seed": seed},
+    )
+    trained = train_and_choose(load_dataset(config), config, resolve_device(config.training.device))
+    save_checkpoint(trained, out)
+    click.echo(f"wrote {out}: {trained.selection}")

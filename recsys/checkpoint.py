@@ -1,0 +1,100 @@
+"""Self-describing checkpoints: the model's name and hyper-parameters, its state dict, the ID
+vocabularies, the seen-item matrix and the validation metrics, so that scoring and predicting
+rebuild everything without the training data or guessing (loaded with weights_only=True)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from recsys import __version__
+from recsys.data.idmap import IdMap
+from recsys.errors import DataError, MissingInputError
+from recsys.evaluate import Metric
+from recsys.models import build_model
+from recsys.models.base import Recommender
+from recsys.score import SeenMatrix
+
+FORMAT = "recsys-checkpoint/1"
+
+
+@dataclass
+class TrainedModel:
+    """Everything scoring needs, as training leaves it."""
+
+    model: Recommender
+    users: IdMap
+    items: IdMap
+    seen: SeenMatrix  # (num_users rows) items each user interacted with in training
+    catalogue: pl.DataFrame  # per item index: title, genres, num_interactions
+    metrics: list[Metric] = field(default_factory=list)
+    selection: str = ""  # why this model was chosen
+    source: str = ""
+    num_interactions: int = 0
+    seed: int = 0
+    model_args: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
+
+
+def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "code_version": __version__,
+        "model": trained.model.name,
+        "hparams": trained.model.hparams,
+        "model_args": trained.model_args,
+        "num_users": trained.model.num_users,
+        "num_items": trained.model.num_items,
+        "state_dict": {k: v.detach().cpu() for k, v in trained.model.state_dict().items()},
+        "users": trained.users.to_list(),
+        "items": trained.items.to_list(),
+        "seen_indptr": torch.from_numpy(trained.seen.indptr),
+        "seen_indices": torch.from_numpy(trained.seen.indices),
+        "catalogue": trained.catalogue.to_dict(as_series=False),
+        "metrics": [[m.model, m.metric, m.k, m.value] for m in trained.metrics],
+        "selection": trained.selection,
+        "source": trained.source,
+        "num_interactions": trained.num_interactions,
+        "seed": trained.seed,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> TrainedModel:
+    path = Path(path)
+    if not path.exists():
+        raise MissingInputError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise DataError(
+            f"{path}: not a readable recsys checkpoint ({str(exc).splitlines()[0]})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise DataError(f"{path}: not a recsys checkpoint (expected format {FORMAT})")
+    model = build_model(payload["model"], payload["num_users"], payload["num_items"],
+                        **payload["model_args"], **payload["hparams"])  # fmt: skip
+    model.load_state_dict(payload["state_dict"])
+    return TrainedModel(
+        model=model.eval(),
+        users=IdMap.from_list(payload["users"]),
+        items=IdMap.from_list(payload["items"]),
+        seen=SeenMatrix(
+            np.asarray(payload["seen_indptr"].numpy()), np.asarray(payload["seen_indices"].numpy())
+        ),
+        catalogue=pl.DataFrame(payload["catalogue"]),
+        metrics=[Metric(*row) for row in payload["metrics"]],
+        selection=payload["selection"],
+        source=payload["source"],
+        num_interactions=payload["num_interactions"],
+        seed=payload["seed"],
+        model_args=payload["model_args"],
+    )

@@ -1,0 +1,1 @@
+"""Input data: reading sources, validating them, ID vocabularies and train/validation splits."""

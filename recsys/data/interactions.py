@@ -1,0 +1,251 @@
+"""Interactions: load and validate (user, item, rating, timestamp) rows, encode IDs, CSR views."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from recsys.config import ColumnsConfig, DataConfig
+from recsys.data.idmap import IdMap
+from recsys.data.tables import read_table
+from recsys.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CANONICAL_INT = re.compile(r"^-?(0|[1-9][0-9]{0,17})$")
+# MovieLens "latest" ratings.csv header, mapped without configuration.
+MOVIELENS_LATEST = {
+    "userId": "user",
+    "movieId": "item",
+    "rating": "rating",
+    "timestamp": "timestamp",
+}
+FUTURE_TOLERANCE_S = 86_400
+ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S",
+               "%Y-%m-%dT%H:%M", "%Y-%m-%d")  # fmt: skip
+
+
+@dataclass
+class Interactions:
+    """Encoded interactions. `frame` has user_idx, item_idx (Int32), rating (Float32),
+    timestamp (Int64 seconds); one row per (user, item), the latest kept."""
+
+    frame: pl.DataFrame
+    users: IdMap
+    items: IdMap
+    has_ratings: bool
+    source: str
+
+    @property
+    def num_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    def __len__(self) -> int:
+        return self.frame.height
+
+    def with_frame(self, frame: pl.DataFrame) -> Interactions:
+        """Same vocabularies, other rows (for splits): indices stay comparable."""
+        return Interactions(frame, self.users, self.items, self.has_ratings, self.source)
+
+    def csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr (num_users+1,) int64, indices (nnz,) int32): items each user has, sorted."""
+        ordered = self.frame.select("user_idx", "item_idx").sort("user_idx", "item_idx")
+        counts = np.bincount(ordered["user_idx"].to_numpy(), minlength=self.num_users)
+        indptr = np.zeros(self.num_users + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return indptr, ordered["item_idx"].to_numpy().astype(np.int32, copy=False)
+
+    def positives(self, threshold: float) -> Interactions:
+        """Rows counted as positive feedback (rating >= threshold; all rows when 0)."""
+        if threshold <= 0 or not self.has_ratings:
+            return self
+        return self.with_frame(self.frame.filter(pl.col("rating") >= threshold))
+
+
+def load_interactions(
+    spec: str, columns: ColumnsConfig, data: DataConfig, delimiter: str = ""
+) -> Interactions:
+    """Read `spec` (see tables.parse_source), validate it, and encode the IDs."""
+    raw, source = read_table(spec, delimiter)
+    return interactions_from_frame(
+        raw, source.label, columns, data, layout_fixed=source.kind in ("u.data", "ratings.dat")
+    )
+
+
+def interactions_from_frame(
+    raw: pl.DataFrame,
+    label: str,
+    columns: ColumnsConfig,
+    data: DataConfig,
+    layout_fixed: bool = False,
+) -> Interactions:
+    """Validate a raw frame into Interactions; every error names `label` and the column."""
+    names = _resolve_columns(raw, label, columns, layout_fixed)
+    if raw.height == 0:
+        raise DataError(f"{label}: no rows (expected at least one interaction)")
+    user = parse_ids(raw[names["user"]], label, names["user"])
+    item = parse_ids(raw[names["item"]], label, names["item"])
+    has_ratings = "rating" in names
+    rating = (
+        _parse_ratings(raw[names["rating"]], label, names["rating"], data)
+        if has_ratings
+        else pl.Series("rating", np.ones(raw.height, dtype=np.float32))
+    )
+    timestamp = (
+        parse_timestamps(raw[names["timestamp"]], label, names["timestamp"])
+        if "timestamp" in names
+        else pl.Series("timestamp", np.arange(raw.height, dtype=np.int64))  # file order
+    )
+    users, items = IdMap(user), IdMap(item)
+    frame = (
+        pl.DataFrame(
+            {
+                "user_idx": users.encode(user),
+                "item_idx": items.encode(item),
+                "rating": rating.cast(pl.Float32),
+                "timestamp": timestamp.cast(pl.Int64),
+                "row": np.arange(raw.height, dtype=np.int64),
+            }
+        )
+        .sort("timestamp", "row")
+        .unique(["user_idx", "item_idx"], keep="last", maintain_order=True)
+        .drop("row")
+    )
+    if frame.height < raw.height:
+        log.info(
+            "%s: %d repeated (user, item) rows merged, latest kept",
+            label,
+            raw.height - frame.height,
+        )
+    return Interactions(frame, users, items, has_ratings, label)
+
+
+def _resolve_columns(
+    raw: pl.DataFrame, label: str, columns: ColumnsConfig, layout_fixed: bool
+) -> dict[str, str]:
+    """Map roles (user, item, rating, timestamp) to the frame's column names."""
+    if layout_fixed:
+        return {"user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp"}
+    if set(MOVIELENS_LATEST) <= set(raw.columns) and columns.user not in raw.columns:
+        return {role: name for name, role in MOVIELENS_LATEST.items()}
+    found = ", ".join(raw.columns)
+    names: dict[str, str] = {}
+    for role in ("user", "item", "rating", "timestamp"):
+        wanted = getattr(columns, role)
+        if wanted in raw.columns:
+            if raw[wanted].null_count() == raw.height and raw.height > 0:
+                raise DataError(
+                    f"{label}: column '{wanted}' is entirely NULL (expected {role} values)"
+                )
+            names[role] = wanted
+        elif role in ("user", "item"):
+            raise DataError(
+                f"{label}: column '{wanted}' missing (found: {found}); set columns.{role} in recsys.toml"
+            )
+        elif role == "rating" and wanted != ColumnsConfig.rating:
+            raise DataError(
+                f"{label}: rating column '{wanted}' missing (found: {found}); fix columns.rating in recsys.toml"
+            )
+    if "rating" not in names:
+        log.info("%s: no '%s' column; every row is an implicit positive", label, columns.rating)
+    return names
+
+
+def parse_ids(values: pl.Series, label: str, column: str) -> pl.Series:
+    """Raw IDs as given: integers stay integers (Int64), anything else stays text.
+
+    Text that is all canonical integers (no leading zeros or signs beyond '-') becomes Int64;
+    "007" keeps the column as text so it comes out unchanged.
+    """
+    nulls = values.null_count()
+    if values.dtype == pl.String:
+        nulls = (values.is_null() | (values.str.strip_chars() == "")).sum()
+    if nulls:
+        first = _first_row(values.is_null() | (values.cast(pl.String).str.strip_chars() == ""))
+        raise DataError(
+            f"{label}: column '{column}' has {nulls} empty or NULL values (first at row {first}); every row needs an ID"
+        )
+    if values.dtype.is_integer():
+        return values.cast(pl.Int64).rename("id")
+    if values.dtype.is_float():
+        if not (values == values.floor()).all():
+            row = _first_row(values != values.floor())
+            raise DataError(
+                f"{label}: column '{column}' row {row}: ID {values[row - 1]} is not a whole number"
+            )
+        return values.cast(pl.Int64).rename("id")
+    text = values.cast(pl.String).str.strip_chars()
+    if text.str.contains(CANONICAL_INT.pattern).all():
+        return text.cast(pl.Int64).rename("id")
+    return text.rename("id")
+
+
+def _parse_ratings(values: pl.Series, label: str, column: str, data: DataConfig) -> pl.Series:
+    numbers = values.cast(pl.Float64, strict=False) if values.dtype != pl.Float64 else values
+    if values.dtype == pl.String:
+        numbers = values.str.strip_chars().cast(pl.Float64, strict=False)
+    bad = numbers.is_null() | numbers.is_nan()
+    if bad.any():
+        row = _first_row(bad)
+        raise DataError(
+            f"{label}: column '{column}' row {row}: expected a number, found {_show(values[row - 1])}"
+        )
+    outside = (numbers < data.min_rating) | (numbers > data.max_rating)
+    if outside.any():
+        row = _first_row(outside)
+        raise DataError(
+            f"{label}: column '{column}' row {row}: rating {numbers[row - 1]:g} outside "
+            f"[{data.min_rating:g}, {data.max_rating:g}]; set data.min_rating/max_rating in recsys.toml"
+        )
+    return numbers
+
+
+def parse_timestamps(values: pl.Series, label: str, column: str) -> pl.Series:
+    """Unix seconds (integers) or ISO-8601 date/times; refused when NULL, unparsable or future."""
+    if values.dtype == pl.String:
+        text = values.str.strip_chars()
+        seconds = text.cast(pl.Int64, strict=False)
+        for fmt in ISO_FORMATS:
+            if seconds.null_count() == 0:
+                break
+            parsed = text.str.to_datetime(fmt, strict=False, time_unit="us")
+            seconds = seconds.fill_null(parsed.dt.epoch("s"))
+    elif values.dtype.is_temporal():
+        seconds = values.cast(pl.Datetime("us")).dt.epoch("s")
+    elif values.dtype.is_numeric():
+        seconds = values.cast(pl.Int64, strict=False)
+    else:
+        raise DataError(
+            f"{label}: column '{column}' has type {values.dtype}; expected Unix seconds or ISO date/times"
+        )
+    bad = seconds.is_null()
+    if bad.any():
+        row = _first_row(bad)
+        raise DataError(
+            f"{label}: column '{column}' row {row}: expected Unix seconds or an ISO date/time, found {_show(values[row - 1])}"
+        )
+    future = seconds > int(time.time()) + FUTURE_TOLERANCE_S
+    if future.any():
+        row = _first_row(future)
+        raise DataError(
+            f"{label}: column '{column}' row {row}: timestamp {_show(values[row - 1])} is in the future"
+        )
+    return seconds.rename("timestamp")
+
+
+def _first_row(mask: pl.Series) -> int:
+    """1-based row number (after any header) of the first True."""
+    return int(mask.arg_true()[0]) + 1
+
+
+def _show(value: object) -> str:
+    return "NULL" if value is None else repr(value)

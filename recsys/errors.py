@@ -1,0 +1,58 @@
+"""Errors the jobs turn into one stderr line and a sysexits.h exit code (see DESIGN.md)."""
+
+from __future__ import annotations
+
+EX_SOFTWARE = 1  # anything unexpected
+EX_USAGE = 2  # Click's own code for bad command-line usage
+EX_DATAERR = 65  # bad input data or a failed quality gate
+EX_NOINPUT = 66  # an input file missing or unreadable
+EX_CANTCREAT = 73  # not enough free disk to build the new database
+EX_TEMPFAIL = 75  # another run holds the lock
+
+
+class RecsysError(Exception):
+    """Base class: a problem the user can fix, reported as one line with `exit_code`."""
+
+    exit_code = EX_SOFTWARE
+
+
+class ConfigError(RecsysError):
+    """The config file or an option is invalid."""
+
+    exit_code = EX_DATAERR
+
+
+class DataError(RecsysError):
+    """Input data is malformed; the message names the file, column or row."""
+
+    exit_code = EX_DATAERR
+
+
+class MissingInputError(RecsysError):
+    """An input file is missing or unreadable."""
+
+    exit_code = EX_NOINPUT
+
+
+class QualityGateError(RecsysError):
+    """The staged result failed the quality gate; nothing was published."""
+
+    exit_code = EX_DATAERR
+
+
+class NoSpaceError(RecsysError):
+    """Not enough free disk to build the new database."""
+
+    exit_code = EX_CANTCREAT
+
+
+class AlreadyRunningError(RecsysError):
+    """Another run holds the lock."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class TrainingError(RecsysError):
+    """Training diverged (NaN or infinite loss)."""
+
+    exit_code = EX_SOFTWARE

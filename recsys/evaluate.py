@@ -1,0 +1,143 @@
+"""Evaluate a model on held-out interactions: rating error and top-K ranking with seen
+(training) items excluded. Metric definitions live in recsys.metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from recsys import metrics
+from recsys.data.interactions import Interactions
+from recsys.models.base import Recommender
+from recsys.score import SeenMatrix, scorer_for, top_n
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of the `metrics` table (run_id and split are added when stored)."""
+
+    model: str
+    metric: str
+    k: int | None
+    value: float
+
+
+def evaluate_ranking(
+    model: Recommender,
+    train: Interactions,
+    held_out: Interactions,
+    k: int,
+    device: torch.device,
+    positive_threshold: float = 0.0,
+    max_users: int = 0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Top-K metrics for users with relevant held-out items; `max_users` > 0 samples users."""
+    relevant = held_out.positives(positive_threshold).frame.select("user_idx", "item_idx")
+    users = np.unique(relevant["user_idx"].to_numpy()).astype(np.int64)
+    if max_users and users.size > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    if users.size == 0:
+        return {name: 0.0 for name in metrics.RANKING_METRICS}
+    indptr, indices = train.csr()
+    scorer = scorer_for(model, device)
+    hits, picked, num_relevant = [], [], []
+    rel_keys = np.sort(
+        relevant["user_idx"].to_numpy().astype(np.int64) * train.num_items
+        + relevant["item_idx"].to_numpy()
+    )
+    counts = np.bincount(relevant["user_idx"].to_numpy(), minlength=train.num_users)
+    for chunk in top_n(scorer, k, SeenMatrix(indptr, indices), users, device, what="evaluating"):
+        keys = chunk.query_idx[:, None] * train.num_items + chunk.key_idx.astype(np.int64)
+        valid = np.arange(chunk.key_idx.shape[1])[None, :] < chunk.counts[:, None]
+        pos = np.searchsorted(rel_keys, keys).clip(max=len(rel_keys) - 1)
+        hits.append((rel_keys[pos] == keys) & valid)
+        picked.append(chunk.key_idx[valid])
+        num_relevant.append(counts[chunk.query_idx])
+    result = metrics.ranking_metrics(np.concatenate(hits), np.concatenate(num_relevant), k)
+    result["coverage"] = metrics.coverage(np.concatenate(picked), train.num_items)
+    return result
+
+
+@torch.no_grad()
+def predict_pairs(
+    model: Recommender,
+    user_idx: np.ndarray,
+    item_idx: np.ndarray,
+    device: torch.device,
+    batch: int = 65536,
+) -> np.ndarray:
+    """Model outputs (logits or ratings) for known (user_idx, item_idx) pairs."""
+    model = model.to(device).eval()
+    out = []
+    for start in range(0, len(user_idx), batch):
+        u = torch.from_numpy(np.asarray(user_idx[start : start + batch], dtype=np.int64)).to(device)
+        i = torch.from_numpy(np.asarray(item_idx[start : start + batch], dtype=np.int64)).to(device)
+        out.append(model(u, i).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate_ratings(
+    model: Recommender,
+    held_out: Interactions,
+    device: torch.device,
+    min_rating: float,
+    max_rating: float,
+) -> dict[str, float]:
+    """RMSE and MAE of predictions clipped to the rating range."""
+    frame = held_out.frame
+    predicted = predict_pairs(
+        model, frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy(), device
+    )
+    predicted = np.clip(predicted, min_rating, max_rating)
+    actual = frame["rating"].to_numpy()
+    return {"rmse": metrics.rmse(predicted, actual), "mae": metrics.mae(predicted, actual)}
+
+
+def evaluate_auc(
+    model: Recommender, held_out: Interactions, device: torch.device, threshold: float
+) -> float:
+    """AUC of the model's outputs at separating held-out ratings >= threshold from the rest."""
+    frame = held_out.frame
+    scores = predict_pairs(
+        model, frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy(), device
+    )
+    return metrics.auc(scores, frame["rating"].to_numpy() >= threshold)
+
+
+def evaluate_model(
+    model: Recommender,
+    train: Interactions,
+    held_out: Interactions,
+    k: int,
+    device: torch.device,
+    positive_threshold: float,
+    rating_range: tuple[float, float],
+) -> list[Metric]:
+    """Every metric that applies: ranking at K always, RMSE/MAE for rating models."""
+    rows = [
+        Metric(model.name, name, k, value)
+        for name, value in evaluate_ranking(
+            model, train, held_out, k, device, positive_threshold
+        ).items()
+    ]
+    if train.has_ratings and model.predicts_ratings:
+        for name, value in evaluate_ratings(model, held_out, device, *rating_range).items():
+            rows.append(Metric(model.name, name, None, value))
+    return rows
+
+
+def metrics_frame(rows: list[Metric], run_id: str, split: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "run_id": [run_id] * len(rows),
+            "model": [r.model for r in rows],
+            "split": [split] * len(rows),
+            "metric": [r.metric for r in rows],
+            "k": pl.Series([r.k for r in rows], dtype=pl.Int32),
+            "value": pl.Series([r.value for r in rows], dtype=pl.Float64),
+        }
+    )

@@ -1,0 +1,83 @@
+"""The model contract: logits from `forward` for training pairs, and a full-scoring form.
+
+Training knows a model only through `forward(user_idx, item_idx)` and its loss; scoring
+knows it only through `factors()` (one GEMM) or `score_block()` (anything denser).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from recsys.errors import ConfigError
+
+
+@dataclass
+class Factors:
+    """Linear full-scoring form: scores(users) = user[users] @ item.T."""
+
+    user: torch.Tensor  # (num_users, D)
+    item: torch.Tensor  # (num_items, D)
+
+
+class Recommender(nn.Module):
+    """Base class. Subclasses set `name`, `DEFAULTS` (hyper-parameters with their defaults,
+    training ones such as lr and loss included) and implement `forward` plus `factors` or
+    `score_block`."""
+
+    name: ClassVar[str] = ""
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    # False for models fitted in closed form (popularity): the trainer calls `fit_direct`.
+    trainable: ClassVar[bool] = True
+    # True when predictions are on the rating scale (MSE-trained); else they are scores.
+    predicts_ratings: ClassVar[bool] = False
+
+    def __init__(self, num_users: int, num_items: int, **hparams: Any) -> None:
+        super().__init__()
+        unknown = set(hparams) - set(self.DEFAULTS)
+        if unknown:
+            raise ConfigError(
+                f"model '{self.name}': unknown parameter(s) {', '.join(sorted(unknown))} "
+                f"(expected: {', '.join(sorted(self.DEFAULTS))})"
+            )
+        self.num_users = num_users
+        self.num_items = num_items
+        self.hparams: dict[str, Any] = {**self.DEFAULTS, **hparams}
+
+    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Logits for pairs: (B,), (B,) -> (B,)."""
+        raise NotImplementedError
+
+    def regularization(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """L2 penalty on the parameters this batch touches (scaled by the caller)."""
+        return torch.zeros((), device=user_idx.device)
+
+    def factors(self) -> Factors | None:
+        """The linear full-scoring form, or None when the model needs `score_block`."""
+        return None
+
+    def score_block(self, user_idx: torch.Tensor) -> torch.Tensor:
+        """Scores of users against every item: (B,) -> (B, num_items)."""
+        f = self.factors()
+        if f is None:
+            raise NotImplementedError(f"{self.name} defines neither factors() nor score_block()")
+        return f.user[user_idx] @ f.item.T
+
+    def item_representations(self) -> torch.Tensor:
+        """(num_items, D) vectors whose cosine similarity defines similar items."""
+        f = self.factors()
+        if f is None:
+            raise NotImplementedError
+        return f.item
+
+    def fit_direct(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor, rating: torch.Tensor
+    ) -> None:
+        """Closed-form fit for models with trainable = False."""
+        raise NotImplementedError
+
+    def prepare(self, user_idx: torch.Tensor, item_idx: torch.Tensor, rating: torch.Tensor) -> None:
+        """Data statistics set before training (e.g. the global mean rating)."""

@@ -1,0 +1,517 @@
+"""The nightly job's steps, end to end: load -> split -> train candidates -> choose -> refit ->
+score every user -> stage -> gate -> publish. Jobs call these; they hold no CLI code."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import torch
+
+from recsys import __version__, faults, gate, logs, synthetic
+from recsys.checkpoint import TrainedModel
+from recsys.config import Config
+from recsys.data.idmap import IdMap
+from recsys.data.interactions import (
+    Interactions,
+    interactions_from_frame,
+    load_interactions,
+    parse_ids,
+)
+from recsys.data.split import temporal_split
+from recsys.data.tables import read_table
+from recsys.errors import ConfigError, DataError, QualityGateError
+from recsys.evaluate import Metric, evaluate_model, metrics_frame
+from recsys.ledger import now_iso
+from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
+from recsys.models import build_model, model_class
+from recsys.score import SeenMatrix, TopN, resolve_device, scorer_for, similar_items_scorer, top_n
+from recsys.train import TrainSettings, fit
+from recsys.warehouse import StagedDatabase, Warehouse, duckdb_type
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Dataset:
+    interactions: Interactions
+    catalogue: pl.DataFrame  # per item index: item_id, title, genres, num_interactions
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    model: str
+    num_users: int
+    num_items: int
+    num_rows: int
+    num_similar_rows: int
+    database: str
+    selection: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Timer:
+    """Seconds per phase, in order."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - start, 3)
+
+
+# ---------------------------------------------------------------------------------- load
+
+
+def load_dataset(config: Config) -> Dataset:
+    """Interactions from the configured source, or the seeded demo data when none is set."""
+    src = config.source
+    if src.interactions:
+        interactions = load_interactions(
+            src.interactions, config.columns, config.data, src.delimiter
+        )
+        item_meta = _read_item_metadata(src.item_features, config) if src.item_features else None
+    else:
+        demo = synthetic.demo(
+            src.demo_users, src.demo_items, src.demo_interactions_per_user, config.training.seed
+        )
+        interactions = interactions_from_frame(
+            demo.interactions, "demo data", type(config.columns)(), config.data
+        )
+        item_meta = demo.item_features
+    log.info("%s: %d interactions, %d users, %d items", interactions.source, len(interactions),
+             interactions.num_users, interactions.num_items)  # fmt: skip
+    return Dataset(interactions, _catalogue(interactions, item_meta))
+
+
+def _read_item_metadata(spec: str, config: Config) -> pl.DataFrame:
+    frame, source = read_table(spec)
+    id_column = "item_id" if source.kind in ("u.item", "movies.dat") else config.columns.item
+    if id_column not in frame.columns:
+        raise DataError(
+            f"{source.label}: column '{id_column}' missing (found: {', '.join(frame.columns)}); set columns.item in recsys.toml"
+        )
+    ids = parse_ids(frame[id_column], source.label, id_column)
+    if ids.is_duplicated().any():
+        dup = ids.filter(ids.is_duplicated())[0]
+        raise DataError(
+            f"{source.label}: item {dup!r} appears more than once; each item needs one row"
+        )
+    return frame.with_columns(ids.alias("item_id")).select(
+        "item_id", *[c for c in ("title", "genres") if c in frame.columns]
+    )
+
+
+def _catalogue(interactions: Interactions, item_meta: pl.DataFrame | None) -> pl.DataFrame:
+    counts = np.bincount(
+        interactions.frame["item_idx"].to_numpy(), minlength=interactions.num_items
+    )
+    catalogue = pl.DataFrame(
+        {"item_id": interactions.items.ids, "num_interactions": counts.astype(np.int64)}
+    )
+    if item_meta is not None:
+        meta = item_meta.with_columns(
+            pl.col("item_id").cast(catalogue["item_id"].dtype, strict=False)
+        )
+        catalogue = catalogue.join(meta, on="item_id", how="left", maintain_order="left")
+    for column in ("title", "genres"):
+        if column not in catalogue.columns:
+            catalogue = catalogue.with_columns(pl.lit(None, dtype=pl.String).alias(column))
+    return catalogue.select(
+        "item_id",
+        pl.col("title").cast(pl.String),
+        pl.col("genres").cast(pl.String),
+        "num_interactions",
+    )
+
+
+# --------------------------------------------------------------------------------- train
+
+
+def train_settings(config: Config, device: torch.device) -> TrainSettings:
+    return TrainSettings(
+        seed=config.training.seed,
+        device=device,
+        batch_size=config.training.batch_size,
+        patience=config.training.patience,
+        threads=config.training.threads,
+        eval_k=config.model.selection_k,
+        positive_threshold=config.data.positive_threshold,
+        rating_range=(config.data.min_rating, config.data.max_rating),
+    )
+
+
+def candidate_names(config: Config) -> list[str]:
+    names = config.model.candidates if config.model.name == "auto" else [config.model.name]
+    if not names:
+        raise ConfigError('model.candidates is empty; list at least one model, e.g. ["bpr"]')
+    for name in names:
+        model_class(name)  # unknown names fail before any work
+    metric = config.model.selection_metric
+    if metric not in RANKING_METRICS + RATING_METRICS:
+        raise ConfigError(
+            f"unknown selection metric '{metric}' (expected one of: {', '.join(RANKING_METRICS + RATING_METRICS)})"
+        )
+    return names
+
+
+def model_params(config: Config, name: str) -> dict:
+    params = dict(config.model.params.get(name, {}))
+    if config.model.dim and "dim" in model_class(name).DEFAULTS and "dim" not in params:
+        params["dim"] = config.model.dim
+    return params
+
+
+def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> TrainedModel:
+    """Train every candidate on a temporal holdout, pick the best by the selection metric,
+    then refit it on all interactions for the epochs early stopping chose."""
+    data = dataset.interactions
+    names = candidate_names(config)
+    settings = train_settings(config, device)
+    train, valid = temporal_split(
+        data, config.data.holdout_fraction, config.training.seed, config.data.min_user_interactions
+    )
+    if len(valid) == 0:
+        raise DataError(
+            f"{data.source}: no user has {config.data.min_user_interactions}+ interactions, so nothing can be held out for validation"
+        )
+    k, metric = config.model.selection_k, config.model.selection_metric
+    all_metrics: list[Metric] = []
+    results = {}
+    for name in names:
+        model = build_model(name, data.num_users, data.num_items, **model_params(config, name))
+        if model.hparams.get("loss") == "mse" and not data.has_ratings:
+            log.info("skipping %s: it needs ratings and %s has none", name, data.source)
+            continue
+        result = fit(model, train, valid, settings)
+        rows = evaluate_model(model, train, valid, k, device, config.data.positive_threshold,
+                              (config.data.min_rating, config.data.max_rating))  # fmt: skip
+        all_metrics += rows
+        value = next((r.value for r in rows if r.metric == metric), None)
+        log.info("candidate %s: %s@%d = %s (best epoch %d, %.1fs)", name, metric, k,
+                 "n/a" if value is None else f"{value:.4f}", result.best_epoch, result.seconds)  # fmt: skip
+        if value is not None:
+            results[name] = (value, result.best_epoch)
+    if not results:
+        raise ConfigError(
+            f"no candidate model reports {metric}; choose another model.selection_metric"
+        )
+    sign = 1 if metric in LOWER_IS_BETTER else -1
+    ranked = sorted(results, key=lambda n: sign * results[n][0])
+    best = ranked[0]
+    selection = f"{best} chosen by validation {metric}@{k} = {results[best][0]:.4f}"
+    if len(ranked) > 1:
+        selection += f" (runner-up {ranked[1]}: {results[ranked[1]][0]:.4f})"
+    log.info(selection)
+    model = build_model(best, data.num_users, data.num_items, **model_params(config, best))
+    if config.model.refit:
+        fit(model, data, None, settings, epochs=max(results[best][1], 1))
+        seen = data
+    else:
+        fit(model, train, valid, settings)
+        seen = train
+    indptr, indices = seen.csr()
+    return TrainedModel(
+        model=model,
+        users=data.users,
+        items=data.items,
+        seen=SeenMatrix(indptr, indices),
+        catalogue=dataset.catalogue,
+        metrics=all_metrics,
+        selection=selection,
+        source=data.source,
+        num_interactions=len(data),
+        seed=config.training.seed,
+    )
+
+
+# ----------------------------------------------------------------------- score + publish
+
+
+def constant_column(value: str, n: int) -> pa.Array:
+    """A string column of one repeated value, as a dictionary array (no n-string copies)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([value]))
+
+
+def topn_batch(
+    chunk: TopN,
+    queries: IdMap,
+    keys: IdMap,
+    names: tuple[str, str],
+    run_id: str,
+    source: str | None = None,
+) -> pa.Table:
+    """One chunk as Arrow rows (query_id, rank, key_id, score, [source,] run_id), invalid
+    (excluded) slots dropped, IDs decoded to their raw form."""
+    width = chunk.key_idx.shape[1]
+    valid = np.arange(width)[None, :] < chunk.counts[:, None]  # (B, N)
+    n = int(valid.sum())
+    columns = {
+        names[0]: queries.decode_arrow(np.repeat(chunk.query_idx, chunk.counts)),
+        "rank": pa.array(
+            np.broadcast_to(np.arange(1, width + 1, dtype=np.int32), valid.shape)[valid]
+        ),
+        names[1]: keys.decode_arrow(chunk.key_idx[valid]),
+        "score": pa.array(chunk.score[valid]),
+    }
+    if source is not None:
+        columns["source"] = constant_column(source, n)
+    columns["run_id"] = constant_column(run_id, n)
+    return pa.table(columns)
+
+
+def stage_results(
+    trained: TrainedModel,
+    config: Config,
+    run_id: str,
+    warehouse: Warehouse,
+    timer: Timer,
+    device: torch.device,
+) -> tuple[StagedDatabase, int, int]:
+    """Build the new database in the staging folder; returns it (closed) and row counts."""
+    top = config.scoring.top_n
+    warehouse.check_free_space(
+        len(trained.users) * top + len(trained.items) * config.scoring.similar_items_n
+    )
+    staged = warehouse.stage(
+        run_id, duckdb_type(trained.users.dtype), duckdb_type(trained.items.dtype)
+    )
+    try:
+        with timer.phase("score"):
+            scorer = scorer_for(trained.model, device, _dtype(config.scoring.dtype))
+            chunks = top_n(
+                scorer,
+                top,
+                trained.seen,
+                device=device,
+                budget_bytes=config.scoring.memory_budget_bytes,
+                what="scoring users",
+            )
+            num_rows = staged.write_batches(
+                "recommendations",
+                (
+                    topn_batch(
+                        c, trained.users, trained.items, ("user_id", "item_id"), run_id, "model"
+                    )
+                    for c in chunks
+                ),
+            )
+        with timer.phase("similar_items"):
+            num_similar = _stage_similar_items(staged, trained, config, run_id, device)
+        staged.insert_frame("items", trained.catalogue)
+        return staged, num_rows, num_similar
+    except BaseException:
+        warehouse.discard(staged)
+        raise
+
+
+def _stage_similar_items(
+    staged: StagedDatabase, trained: TrainedModel, config: Config, run_id: str, device: torch.device
+) -> int:
+    n = config.scoring.similar_items_n
+    reps = trained.model.item_representations()
+    if n <= 0 or reps.shape[1] < 2:
+        log.info(
+            "similar_items: skipped (%s)",
+            "disabled" if n <= 0 else f"{trained.model.name} has no item vectors",
+        )
+        return 0
+    scorer = similar_items_scorer(trained.model, device)
+    chunks = top_n(scorer, n, SeenMatrix.identity(len(trained.items)), device=device,
+                   budget_bytes=config.scoring.memory_budget_bytes, what="similar items")  # fmt: skip
+    return staged.write_batches(
+        "similar_items",
+        (
+            topn_batch(c, trained.items, trained.items, ("item_id", "similar_item_id"), run_id)
+            for c in chunks
+        ),
+    )
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise ConfigError(f"scoring.dtype '{name}' unknown (expected one of: {', '.join(dtypes)})")
+    return dtypes[name]
+
+
+def run_row(
+    trained: TrainedModel,
+    run_id: str,
+    started_at: str,
+    status: str,
+    num_rows: int,
+    message: str,
+    timings: dict,
+) -> dict:
+    return {
+        "run_id": run_id,
+        "started_at": started_at,
+        "finished_at": now_iso(),
+        "status": status,
+        "model": trained.model.name,
+        "params": json.dumps(trained.model.hparams, sort_keys=True),
+        "source": trained.source,
+        "num_users": len(trained.users),
+        "num_items": len(trained.items),
+        "num_interactions": trained.num_interactions,
+        "num_rows": num_rows,
+        "code_version": __version__,
+        "seed": trained.seed,
+        "message": message,
+        "timings": json.dumps(timings),
+    }
+
+
+RUN_COLUMNS = [
+    "run_id", "started_at", "finished_at", "status", "model", "params", "source", "num_users",
+    "num_items", "num_interactions", "num_rows", "code_version", "seed", "message", "timings",
+]  # fmt: skip
+
+
+def publish_trained(
+    trained: TrainedModel,
+    config: Config,
+    run_id: str,
+    started_at: str,
+    warehouse: Warehouse,
+    timer: Timer,
+) -> RunSummary:
+    """Stage, gate and publish one run of a trained model (the lock must be held)."""
+    device = resolve_device(config.scoring.device)
+    previous = warehouse.published()
+    staged, num_rows, num_similar = stage_results(trained, config, run_id, warehouse, timer, device)
+    faults.point("staged")
+    try:
+        with timer.phase("publish"):
+            metric, k = config.model.selection_metric, config.model.selection_k
+            value = next(
+                (
+                    m.value
+                    for m in trained.metrics
+                    if m.model == trained.model.name and m.metric == metric
+                ),
+                None,
+            )
+            current = gate.GateInput(metric, k if metric in RANKING_METRICS else None, value)
+            if config.gate.enabled:
+                problems = gate.check(staged, config.gate, current, previous)
+                if problems:
+                    raise QualityGateError(
+                        "quality gate failed: " + "; ".join(problems) + "; nothing was published"
+                    )
+            history = _history(warehouse, trained, run_id, started_at, num_rows, timer.seconds)
+            staged.insert_frame("runs", history)
+            old_metrics = previous.metrics if previous is not None else None
+            new_metrics = metrics_frame(trained.metrics, run_id, "validation")
+            staged.insert_frame(
+                "metrics",
+                pl.concat([old_metrics, new_metrics]) if old_metrics is not None else new_metrics,
+            )
+            staged.close()
+            faults.point("gated")
+            warehouse.publish(staged, run_id)
+            faults.point("published")
+    except BaseException:
+        warehouse.discard(staged)
+        raise
+    return RunSummary(run_id, trained.model.name, len(trained.users), len(trained.items), num_rows,
+                      num_similar, str(warehouse.served), trained.selection, dict(timer.seconds))  # fmt: skip
+
+
+def _history(
+    warehouse: Warehouse,
+    trained: TrainedModel,
+    run_id: str,
+    started_at: str,
+    num_rows: int,
+    timings: dict,
+) -> pl.DataFrame:
+    """The ledger as the `runs` table, this run marked published."""
+    rows = [
+        {c: r.get(c) for c in RUN_COLUMNS} for r in warehouse.ledger.runs() if r["run_id"] != run_id
+    ]
+    rows.append(
+        run_row(trained, run_id, started_at, "published", num_rows, trained.selection, timings)
+    )
+    frame = pl.DataFrame(rows, schema={c: pl.String for c in RUN_COLUMNS}, strict=False)
+    return frame.with_columns(
+        pl.col("started_at", "finished_at").str.to_datetime(time_zone="UTC", strict=False),
+        pl.col("num_users", "num_items", "num_interactions", "num_rows", "seed").cast(
+            pl.Int64, strict=False
+        ),
+    )
+
+
+def run_job(config: Config, make_trained, run_id: str) -> RunSummary:
+    """Lock, record the run in the ledger, build the model with `make_trained(timer)`,
+    publish. Any failure is recorded as 'failed' with its one-line reason, then re-raised."""
+    warehouse = Warehouse(
+        config.output.database, config.output.keep_archives, config.output.free_space_factor
+    )
+    log_dir = Path(config.output.log_dir) if config.output.log_dir else warehouse.dir / "logs"
+    with warehouse.lock(run_id), logs.run_log(log_dir / f"{run_id}.log", run_id):
+        started_at = now_iso()
+        warehouse.ledger.append(run_id, status="running", started_at=started_at, seed=config.training.seed,
+                                code_version=__version__)  # fmt: skip
+        timer = Timer()
+        try:
+            faults.point("locked")
+            trained = make_trained(timer)
+            faults.point("trained")
+            summary = publish_trained(trained, config, run_id, started_at, warehouse, timer)
+        except BaseException as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.debug("run failed: %s", reason, exc_info=True)
+            warehouse.ledger.append(
+                run_id,
+                status="failed",
+                finished_at=now_iso(),
+                message=reason,
+                timings=timer.seconds,
+            )
+            raise
+        row = run_row(
+            trained,
+            run_id,
+            started_at,
+            "published",
+            summary.num_rows,
+            trained.selection,
+            timer.seconds,
+        )
+        del row["run_id"]
+        warehouse.ledger.append(
+            run_id,
+            **row,
+            metrics={
+                f"{m.model}.{m.metric}" + (f"@{m.k}" if m.k else ""): round(m.value, 6)
+                for m in trained.metrics
+            },
+        )
+        return summary
+
+
+def nightly(config: Config, run_id: str) -> RunSummary:
+    def make_trained(timer: Timer) -> TrainedModel:
+        device = resolve_device(config.training.device)
+        with timer.phase("load"):
+            dataset = load_dataset(config)
+        with timer.phase("train"):
+            return train_and_choose(dataset, config, device)
+
+    return run_job(config, make_trained, run_id)

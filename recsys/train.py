@@ -1,0 +1,262 @@
+"""The training loop. It knows models only through `forward`, `regularization` and a loss;
+it owns seeds, device, optimiser, negative sampling, early stopping and NaN checks."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recsys.data.interactions import Interactions
+from recsys.errors import ConfigError, TrainingError
+from recsys.evaluate import evaluate_ranking, evaluate_ratings
+from recsys.models.base import Recommender
+from recsys.progress import Progress
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("mse", "bpr", "bce")
+
+
+@dataclass
+class TrainSettings:
+    seed: int = 42
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 4096
+    patience: int = 3
+    # Ranking validation: metric at K, on at most this many users per epoch (0 = all).
+    eval_k: int = 10
+    eval_max_users: int = 2000
+    positive_threshold: float = 0.0
+    rating_range: tuple[float, float] = (1.0, 5.0)
+    # CPU threads while training: per-batch embedding ops are too small to gain from more,
+    # and OpenMP threads slow down badly when another process shares the cores.
+    threads: int = 1
+
+
+@dataclass
+class FitResult:
+    model: Recommender
+    best_epoch: int
+    history: list[dict[str, float]]
+    seconds: float
+
+
+class NegativeSampler:
+    """Uniform negatives over the items a user has no positive interaction with.
+
+    Items are drawn uniformly; draws that hit one of the user's known positives are redrawn,
+    up to `rounds` times. Known positives are therefore sampled *less* than chance (only a
+    user who has seen almost the whole catalogue can keep a few collisions after the last
+    round), never more.
+    """
+
+    def __init__(
+        self, user_idx: np.ndarray, item_idx: np.ndarray, num_items: int, rounds: int = 5
+    ) -> None:
+        self.num_items = num_items
+        self.rounds = rounds
+        self.positive_keys = torch.from_numpy(
+            np.unique(user_idx.astype(np.int64) * num_items + item_idx)
+        )
+
+    def sample(self, user_idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        negatives = torch.randint(0, self.num_items, user_idx.shape, generator=generator)
+        for _ in range(self.rounds):
+            hit = self._is_positive(user_idx, negatives)
+            if not hit.any():
+                break
+            negatives[hit] = torch.randint(
+                0, self.num_items, (int(hit.sum()),), generator=generator
+            )
+        return negatives
+
+    def _is_positive(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        keys = user_idx * self.num_items + item_idx
+        pos = torch.searchsorted(self.positive_keys, keys).clamp(max=len(self.positive_keys) - 1)
+        return self.positive_keys[pos] == keys
+
+
+def fit(
+    model: Recommender,
+    train: Interactions,
+    valid: Interactions | None,
+    settings: TrainSettings,
+    epochs: int | None = None,
+) -> FitResult:
+    """Train `model` on `train`; with `valid`, stop early and keep the best epoch's weights.
+
+    Without `valid`, train exactly `epochs` epochs (the refit on all data).
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, settings.threads))
+    try:
+        return _fit(model, train, valid, settings, epochs)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _fit(
+    model: Recommender,
+    train: Interactions,
+    valid: Interactions | None,
+    settings: TrainSettings,
+    epochs: int | None,
+) -> FitResult:
+    started = time.monotonic()
+    hp = model.hparams
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    frame = train.frame
+    users = torch.from_numpy(frame["user_idx"].to_numpy().astype(np.int64))
+    items = torch.from_numpy(frame["item_idx"].to_numpy().astype(np.int64))
+    ratings = torch.from_numpy(frame["rating"].to_numpy().astype(np.float32))
+    model.prepare(users, items, ratings)
+    if not model.trainable:
+        model.fit_direct(users, items, ratings)
+        return FitResult(model, 0, [], time.monotonic() - started)
+
+    loss_name = hp.get("loss", "mse")
+    if loss_name not in LOSSES:
+        raise ConfigError(
+            f"model '{model.name}': unknown loss '{loss_name}' (expected one of: {', '.join(LOSSES)})"
+        )
+    if loss_name == "mse" and not train.has_ratings:
+        raise ConfigError(
+            f"model '{model.name}' is trained on ratings (MSE) but {train.source} has no rating column; use a ranking model such as bpr"
+        )
+    if loss_name != "mse":  # ranking losses learn from positives only
+        keep = (
+            ratings >= settings.positive_threshold
+            if train.has_ratings and settings.positive_threshold > 0
+            else None
+        )
+        if keep is not None:
+            users, items, ratings = users[keep], items[keep], ratings[keep]
+    sampler = (
+        NegativeSampler(users.numpy(), items.numpy(), train.num_items)
+        if loss_name != "mse"
+        else None
+    )
+
+    device = settings.device
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
+    max_epochs = int(epochs if epochs is not None else hp["epochs"])
+    reg = float(hp.get("reg", 0.0))
+    history: list[dict[str, float]] = []
+    best_value, best_epoch, best_state, stale = math.inf, 0, None, 0
+    n = users.numel()
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        total, progress = (
+            0.0,
+            Progress(n, f"{model.name} epoch {epoch}", unit="rows", interval_s=30),
+        )
+        for start in range(0, n, settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            u, i, r = users[batch], items[batch], ratings[batch]
+            loss = _batch_loss(
+                model,
+                loss_name,
+                u,
+                i,
+                r,
+                sampler,
+                generator,
+                int(hp.get("negatives", 1)),
+                reg,
+                device,
+            )
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"model '{model.name}': loss became {loss.item()} at epoch {epoch}; "
+                    f"lower its learning rate (lr = {hp['lr']}) or raise reg"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * batch.numel()
+            progress.update(batch.numel())
+        progress.close()
+        record = {"epoch": epoch, "loss": total / max(n, 1)}
+        if valid is not None and len(valid):
+            value = _validation_loss(model, loss_name, train, valid, settings)
+            record["valid"] = value
+            if value < best_value - 1e-6:
+                best_value, best_epoch, stale = value, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+        history.append(record)
+        log.debug(
+            "%s epoch %d: %s",
+            model.name,
+            epoch,
+            ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"),
+        )
+        if valid is not None and stale >= settings.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = len(history)
+    return FitResult(model.eval(), best_epoch, history, time.monotonic() - started)
+
+
+def _batch_loss(
+    model: Recommender,
+    loss_name: str,
+    u: torch.Tensor,
+    i: torch.Tensor,
+    r: torch.Tensor,
+    sampler: NegativeSampler | None,
+    generator: torch.Generator,
+    negatives: int,
+    reg: float,
+    device: torch.device,
+) -> torch.Tensor:
+    if loss_name == "mse":
+        u, i, r = u.to(device), i.to(device), r.to(device)
+        penalty = model.regularization(u, i)
+        return F.mse_loss(model(u, i), r) + reg * penalty / u.numel()
+    assert sampler is not None
+    u_rep = u.repeat_interleave(negatives)
+    j = sampler.sample(u_rep, generator)
+    u, i, u_rep, j = u.to(device), i.to(device), u_rep.to(device), j.to(device)
+    pos = model(u, i)  # (B,)
+    neg = model(u_rep, j)  # (B * negatives,)
+    if loss_name == "bpr":
+        diff = pos.repeat_interleave(negatives) - neg
+        data_loss = -F.logsigmoid(diff).mean()
+    else:  # bce
+        data_loss = F.binary_cross_entropy_with_logits(
+            pos, torch.ones_like(pos)
+        ) + negatives * F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
+    penalty = model.regularization(u, i) + model.regularization(u_rep, j) / negatives
+    return data_loss + reg * penalty / u.numel()
+
+
+def _validation_loss(
+    model: Recommender,
+    loss_name: str,
+    train: Interactions,
+    valid: Interactions,
+    settings: TrainSettings,
+) -> float:
+    """Lower is better: RMSE for rating models, 1 - NDCG@K for ranking ones."""
+    model.eval()
+    if loss_name == "mse":
+        return evaluate_ratings(model, valid, settings.device, *settings.rating_range)["rmse"]
+    ranking = evaluate_ranking(
+        model, train, valid, settings.eval_k, settings.device, settings.positive_threshold,
+        max_users=settings.eval_max_users, seed=settings.seed,
+    )  # fmt: skip
+    return 1.0 - ranking["ndcg"]
