@@ -6,7 +6,8 @@ import click
 
 from jobs.common import build_config, config_option, handle_errors
 from recsys.checkpoint import save_checkpoint
-from recsys.pipeline import load_dataset, train_and_choose
+from recsys.dataset import load_dataset
+from recsys.pipeline import train_and_choose
 from recsys.score import resolve_device
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -37,7 +36,6 @@ class TrainedModel:
     source: str = ""
     num_interactions: int = 0
     seed: int = 0
-    model_args: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
 
 
 def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
@@ -48,7 +46,7 @@ def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
         "code_version": __version__,
         "model": trained.model.name,
         "hparams": trained.model.hparams,
-        "model_args": trained.model_args,
+        "model_args": trained.model.model_args,
         "num_users": trained.model.num_users,
         "num_items": trained.model.num_items,
         "state_dict": {k: v.detach().cpu() for k, v in trained.model.state_dict().items()},
@@ -81,7 +79,7 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(f"{path}: not a recsys checkpoint (expected format {FORMAT})")
     model = build_model(payload["model"], payload["num_users"], payload["num_items"],
-                        **payload["model_args"], **payload["hparams"])  # fmt: skip
+                        model_args=payload["model_args"], **payload["hparams"])  # fmt: skip
     model.load_state_dict(payload["state_dict"])
     return TrainedModel(
         model=model.eval(),
@@ -96,5 +94,4 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
         source=payload["source"],
         num_interactions=payload["num_interactions"],
         seed=payload["seed"],
-        model_args=payload["model_args"],
     )

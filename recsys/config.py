@@ -42,6 +42,22 @@ class ColumnsConfig:
 
 
 @dataclass
+class FeaturesConfig:
+    """Which columns of the feature tables are used, and how. All lists empty = detect:
+    numbers are bucketed, text with the separator is multi-valued, text with few distinct
+    values is categorical, anything else (titles, zip codes) is left out."""
+
+    user_categorical: list[str] = field(default_factory=list)
+    user_multi: list[str] = field(default_factory=list)
+    user_numeric: list[str] = field(default_factory=list)
+    item_categorical: list[str] = field(default_factory=list)
+    item_multi: list[str] = field(default_factory=list)
+    item_numeric: list[str] = field(default_factory=list)
+    separator: str = "|"
+    numeric_buckets: int = 8
+
+
+@dataclass
 class DataConfig:
     # Ratings outside [min_rating, max_rating] are refused; predictions are clipped to it.
     min_rating: float = 1.0
@@ -117,6 +133,7 @@ class GateConfig:
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)

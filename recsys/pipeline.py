@@ -16,34 +16,24 @@ import polars as pl
 import pyarrow as pa
 import torch
 
-from recsys import __version__, faults, gate, logs, synthetic
+from recsys import __version__, faults, gate, logs
 from recsys.checkpoint import TrainedModel
 from recsys.config import Config
 from recsys.data.idmap import IdMap
-from recsys.data.interactions import (
-    Interactions,
-    interactions_from_frame,
-    load_interactions,
-    parse_ids,
-)
 from recsys.data.split import temporal_split
-from recsys.data.tables import read_table
+from recsys.dataset import Dataset, load_dataset
 from recsys.errors import ConfigError, DataError, QualityGateError
 from recsys.evaluate import Metric, evaluate_model, metrics_frame
 from recsys.ledger import now_iso
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
 from recsys.models import build_model, model_class
+from recsys.models.base import Recommender
+from recsys.models.fm import feature_args
 from recsys.score import SeenMatrix, TopN, resolve_device, scorer_for, similar_items_scorer, top_n
 from recsys.train import TrainSettings, fit
 from recsys.warehouse import StagedDatabase, Warehouse, duckdb_type
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Dataset:
-    interactions: Interactions
-    catalogue: pl.DataFrame  # per item index: item_id, title, genres, num_interactions
 
 
 @dataclass
@@ -75,68 +65,6 @@ class Timer:
 
 
 # ---------------------------------------------------------------------------------- load
-
-
-def load_dataset(config: Config) -> Dataset:
-    """Interactions from the configured source, or the seeded demo data when none is set."""
-    src = config.source
-    if src.interactions:
-        interactions = load_interactions(
-            src.interactions, config.columns, config.data, src.delimiter
-        )
-        item_meta = _read_item_metadata(src.item_features, config) if src.item_features else None
-    else:
-        demo = synthetic.demo(
-            src.demo_users, src.demo_items, src.demo_interactions_per_user, config.training.seed
-        )
-        interactions = interactions_from_frame(
-            demo.interactions, "demo data", type(config.columns)(), config.data
-        )
-        item_meta = demo.item_features
-    log.info("%s: %d interactions, %d users, %d items", interactions.source, len(interactions),
-             interactions.num_users, interactions.num_items)  # fmt: skip
-    return Dataset(interactions, _catalogue(interactions, item_meta))
-
-
-def _read_item_metadata(spec: str, config: Config) -> pl.DataFrame:
-    frame, source = read_table(spec)
-    id_column = "item_id" if source.kind in ("u.item", "movies.dat") else config.columns.item
-    if id_column not in frame.columns:
-        raise DataError(
-            f"{source.label}: column '{id_column}' missing (found: {', '.join(frame.columns)}); set columns.item in recsys.toml"
-        )
-    ids = parse_ids(frame[id_column], source.label, id_column)
-    if ids.is_duplicated().any():
-        dup = ids.filter(ids.is_duplicated())[0]
-        raise DataError(
-            f"{source.label}: item {dup!r} appears more than once; each item needs one row"
-        )
-    return frame.with_columns(ids.alias("item_id")).select(
-        "item_id", *[c for c in ("title", "genres") if c in frame.columns]
-    )
-
-
-def _catalogue(interactions: Interactions, item_meta: pl.DataFrame | None) -> pl.DataFrame:
-    counts = np.bincount(
-        interactions.frame["item_idx"].to_numpy(), minlength=interactions.num_items
-    )
-    catalogue = pl.DataFrame(
-        {"item_id": interactions.items.ids, "num_interactions": counts.astype(np.int64)}
-    )
-    if item_meta is not None:
-        meta = item_meta.with_columns(
-            pl.col("item_id").cast(catalogue["item_id"].dtype, strict=False)
-        )
-        catalogue = catalogue.join(meta, on="item_id", how="left", maintain_order="left")
-    for column in ("title", "genres"):
-        if column not in catalogue.columns:
-            catalogue = catalogue.with_columns(pl.lit(None, dtype=pl.String).alias(column))
-    return catalogue.select(
-        "item_id",
-        pl.col("title").cast(pl.String),
-        pl.col("genres").cast(pl.String),
-        "num_interactions",
-    )
 
 
 # --------------------------------------------------------------------------------- train
@@ -176,6 +104,16 @@ def model_params(config: Config, name: str) -> dict:
     return params
 
 
+def new_model(name: str, dataset: Dataset, config: Config) -> Recommender:
+    """A fresh, seeded model of `name`; feature models get the dataset's side features."""
+    data, users, items = dataset.interactions, dataset.user_features, dataset.item_features
+    model = build_model(name, data.num_users, data.num_items, seed=config.training.seed,
+                        model_args=feature_args(users, items), **model_params(config, name))  # fmt: skip
+    if model.uses_features:
+        model.set_features(users.index, users.weight, items.index, items.weight)
+    return model
+
+
 def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> TrainedModel:
     """Train every candidate on a temporal holdout, pick the best by the selection metric,
     then refit it on all interactions for the epochs early stopping chose."""
@@ -193,7 +131,7 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
     all_metrics: list[Metric] = []
     results = {}
     for name in names:
-        model = build_model(name, data.num_users, data.num_items, **model_params(config, name))
+        model = new_model(name, dataset, config)
         if model.hparams.get("loss") == "mse" and not data.has_ratings:
             log.info("skipping %s: it needs ratings and %s has none", name, data.source)
             continue
@@ -217,7 +155,7 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
     if len(ranked) > 1:
         selection += f" (runner-up {ranked[1]}: {results[ranked[1]][0]:.4f})"
     log.info(selection)
-    model = build_model(best, data.num_users, data.num_items, **model_params(config, best))
+    model = new_model(best, dataset, config)
     if config.model.refit:
         fit(model, data, None, settings, epochs=max(results[best][1], 1))
         seen = data

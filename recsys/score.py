@@ -35,7 +35,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def chunk_rows(num_keys: int, device: torch.device, budget_bytes: int = 0) -> int:
+def chunk_rows(
+    num_keys: int,
+    device: torch.device,
+    budget_bytes: int = 0,
+    bytes_per_score: int = BYTES_PER_SCORE,
+) -> int:
     """Queries per chunk so that one chunk's scratch fits `budget_bytes` (0 = automatic)."""
     if budget_bytes <= 0:
         if device.type == "cuda":
@@ -43,7 +48,7 @@ def chunk_rows(num_keys: int, device: torch.device, budget_bytes: int = 0) -> in
             budget_bytes = int(free * GPU_BUDGET_FRACTION)
         else:
             budget_bytes = DEFAULT_CPU_BUDGET
-    return max(1, budget_bytes // (max(num_keys, 1) * BYTES_PER_SCORE))
+    return max(1, budget_bytes // (max(num_keys, 1) * bytes_per_score))
 
 
 @dataclass
@@ -78,6 +83,7 @@ class BlockScorer:
 
     num_queries: int
     num_keys: int
+    bytes_per_score: int = BYTES_PER_SCORE
 
     def score(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -105,6 +111,7 @@ class ModelScorer(BlockScorer):
     def __init__(self, model: Recommender) -> None:
         self.model = model
         self.num_queries, self.num_keys = model.num_users, model.num_items
+        self.bytes_per_score = max(BYTES_PER_SCORE, model.bytes_per_score)
 
     @torch.no_grad()
     def score(self, rows: torch.Tensor) -> torch.Tensor:
@@ -147,7 +154,7 @@ def top_n(
         queries = np.arange(scorer.num_queries, dtype=np.int64)
     queries = np.asarray(queries, dtype=np.int64)
     k = min(n, scorer.num_keys)
-    rows_per_chunk = chunk_rows(scorer.num_keys, device, budget_bytes)
+    rows_per_chunk = chunk_rows(scorer.num_keys, device, budget_bytes, scorer.bytes_per_score)
     seen_dev = _SeenOnDevice(seen, device) if seen is not None else None
     progress = Progress(len(queries), what)
     with torch.no_grad():

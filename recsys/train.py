@@ -15,13 +15,16 @@ import torch.nn.functional as F
 
 from recsys.data.interactions import Interactions
 from recsys.errors import ConfigError, TrainingError
-from recsys.evaluate import evaluate_ranking, evaluate_ratings
+from recsys.evaluate import evaluate_auc, evaluate_ranking, evaluate_ratings
 from recsys.models.base import Recommender
 from recsys.progress import Progress
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("mse", "bpr", "bce")
+# mse: squared error on ratings. bpr, bce: ranking from positives and sampled negatives.
+# logloss: binary cross-entropy on each rated row's own label, rating >= positive_threshold.
+LOSSES = ("mse", "bpr", "bce", "logloss")
+POINTWISE = ("mse", "logloss")
 
 
 @dataclass
@@ -127,22 +130,23 @@ def _fit(
         raise ConfigError(
             f"model '{model.name}': unknown loss '{loss_name}' (expected one of: {', '.join(LOSSES)})"
         )
-    if loss_name == "mse" and not train.has_ratings:
+    if loss_name in POINTWISE and not train.has_ratings:
         raise ConfigError(
-            f"model '{model.name}' is trained on ratings (MSE) but {train.source} has no rating column; use a ranking model such as bpr"
+            f"model '{model.name}' is trained on ratings ({loss_name}) but {train.source} has no rating column; use a ranking model such as bpr"
         )
-    if loss_name != "mse":  # ranking losses learn from positives only
-        keep = (
-            ratings >= settings.positive_threshold
-            if train.has_ratings and settings.positive_threshold > 0
-            else None
-        )
-        if keep is not None:
-            users, items, ratings = users[keep], items[keep], ratings[keep]
+    if loss_name == "logloss":
+        if settings.positive_threshold <= 0:
+            raise ConfigError(
+                f"model '{model.name}': loss logloss needs data.positive_threshold > 0 (e.g. 4)"
+            )
+        ratings = (ratings >= settings.positive_threshold).float()  # labels
+    elif loss_name != "mse" and settings.positive_threshold > 0:  # ranking learns from positives
+        keep = ratings >= settings.positive_threshold
+        users, items, ratings = users[keep], items[keep], ratings[keep]
     sampler = (
-        NegativeSampler(users.numpy(), items.numpy(), train.num_items)
-        if loss_name != "mse"
-        else None
+        None
+        if loss_name in POINTWISE
+        else NegativeSampler(users.numpy(), items.numpy(), train.num_items)
     )
 
     device = settings.device
@@ -223,10 +227,14 @@ def _batch_loss(
     reg: float,
     device: torch.device,
 ) -> torch.Tensor:
-    if loss_name == "mse":
+    if loss_name in POINTWISE:
         u, i, r = u.to(device), i.to(device), r.to(device)
         penalty = model.regularization(u, i)
-        return F.mse_loss(model(u, i), r) + reg * penalty / u.numel()
+        out = model(u, i)
+        data_loss = (
+            F.mse_loss(out, r) if loss_name == "mse" else F.binary_cross_entropy_with_logits(out, r)
+        )
+        return data_loss + reg * penalty / u.numel()
     assert sampler is not None
     u_rep = u.repeat_interleave(negatives)
     j = sampler.sample(u_rep, generator)
@@ -251,10 +259,13 @@ def _validation_loss(
     valid: Interactions,
     settings: TrainSettings,
 ) -> float:
-    """Lower is better: RMSE for rating models, 1 - NDCG@K for ranking ones."""
+    """Lower is better: RMSE for rating models, 1 - AUC for labelled pairs, 1 - NDCG@K for
+    ranking."""
     model.eval()
     if loss_name == "mse":
         return evaluate_ratings(model, valid, settings.device, *settings.rating_range)["rmse"]
+    if loss_name == "logloss":
+        return 1.0 - evaluate_auc(model, valid, settings.device, settings.positive_threshold)
     ranking = evaluate_ranking(
         model, train, valid, settings.eval_k, settings.device, settings.positive_threshold,
         max_users=settings.eval_max_users, seed=settings.seed,

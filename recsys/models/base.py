@@ -34,6 +34,10 @@ class Recommender(nn.Module):
     trainable: ClassVar[bool] = True
     # True when predictions are on the rating scale (MSE-trained); else they are scores.
     predicts_ratings: ClassVar[bool] = False
+    # True when the model reads side features (FM, DeepFM): see set_features.
+    uses_features: ClassVar[bool] = False
+    # Scratch bytes per (query, item) score in score_block, for chunk sizing.
+    bytes_per_score: int = 12
 
     def __init__(self, num_users: int, num_items: int, **hparams: Any) -> None:
         super().__init__()
@@ -46,6 +50,8 @@ class Recommender(nn.Module):
         self.num_users = num_users
         self.num_items = num_items
         self.hparams: dict[str, Any] = {**self.DEFAULTS, **hparams}
+        # Constructor arguments beyond hyper-parameters (feature shapes), kept in checkpoints.
+        self.model_args: dict[str, Any] = {}
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """Logits for pairs: (B,), (B,) -> (B,)."""

@@ -1,0 +1,59 @@
+"""Shared layers for feature-aware models (FM, DeepFM)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FieldBags(nn.Module):
+    """One side's features as pooled per-field embeddings.
+
+    Buffers `index`/`weight` (N, F, S) hold each entity's feature ids per field and slot
+    (see recsys.data.features); a field's embedding is the weighted sum over its slots, so a
+    multi-valued field (genres) is the mean of its values' vectors.
+    """
+
+    def __init__(
+        self,
+        num_entities: int,
+        num_fields: int,
+        num_slots: int,
+        num_features: int,
+        dim: int,
+        init_std: float,
+    ) -> None:
+        super().__init__()
+        # Default layout: the entity's own ID as the only field (id = index + 1, 0 = unknown).
+        index = torch.zeros(num_entities, num_fields, num_slots, dtype=torch.long)
+        index[:, 0, 0] = torch.arange(1, num_entities + 1)
+        weight = torch.zeros(num_entities, num_fields, num_slots)
+        weight[:, :, 0] = 1.0
+        self.register_buffer("index", index)  # (N, F, S)
+        self.register_buffer("weight", weight)  # (N, F, S)
+        self.emb = nn.Embedding(num_features, dim)  # (num_features, k)
+        self.bias = nn.Embedding(num_features, 1)  # first-order weights
+        nn.init.normal_(self.emb.weight, std=init_std)
+        nn.init.zeros_(self.bias.weight)
+
+    @property
+    def num_fields(self) -> int:
+        return self.index.shape[1]
+
+    def fields(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B,) -> (B, F, k) pooled field embeddings."""
+        return (self.emb(self.index[rows]) * self.weight[rows].unsqueeze(-1)).sum(2)
+
+    def linear(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B,) -> (B,) first-order term."""
+        return (self.bias(self.index[rows]).squeeze(-1) * self.weight[rows]).sum((1, 2))
+
+    def penalty(self, rows: torch.Tensor) -> torch.Tensor:
+        """L2 of the embeddings these rows use (their slots, weighted)."""
+        return (self.emb(self.index[rows]).pow(2).sum(-1) * self.weight[rows]).sum()
+
+
+def fm_pairwise(fields: torch.Tensor) -> torch.Tensor:
+    """FM second-order term over fields in O(F k) (Rendle 2010, eq. 5):
+    sum_{f<g} <e_f, e_g> = 0.5 * sum_k ((sum_f e_fk)^2 - sum_f e_fk^2). (B, F, k) -> (B,)."""
+    return 0.5 * (fields.sum(1).pow(2) - fields.pow(2).sum(1)).sum(-1)
