@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from jobs.config_cmd import config_group
+from jobs.evaluate import evaluate
 from jobs.nightly import nightly
+from jobs.predict import predict
 from jobs.rollback import rollback
 from jobs.runs import runs
 from jobs.score import score
@@ -20,5 +22,5 @@ def main() -> None:
     input, 73 no space, 75 already running, 1 anything else."""
 
 
-for command in (nightly, train, score, runs, rollback, config_group):
+for command in (nightly, train, score, evaluate, predict, runs, rollback, config_group):
     main.add_command(command)

@@ -70,13 +70,14 @@ def predict_pairs(
     device: torch.device,
     batch: int = 65536,
 ) -> np.ndarray:
-    """Model outputs (logits or ratings) for known (user_idx, item_idx) pairs."""
+    """Model outputs (logits or ratings) for (user_idx, item_idx) pairs; -1 marks an unknown
+    user or item, which gets the model's fallback."""
     model = model.to(device).eval()
     out = []
     for start in range(0, len(user_idx), batch):
         u = torch.from_numpy(np.asarray(user_idx[start : start + batch], dtype=np.int64)).to(device)
         i = torch.from_numpy(np.asarray(item_idx[start : start + batch], dtype=np.int64)).to(device)
-        out.append(model(u, i).float().cpu().numpy())
+        out.append(model.predict(u, i).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 

@@ -110,13 +110,22 @@ def new_model(name: str, dataset: Dataset, config: Config) -> Recommender:
     model = build_model(name, data.num_users, data.num_items, seed=config.training.seed,
                         model_args=feature_args(users, items), **model_params(config, name))  # fmt: skip
     if model.uses_features:
-        model.set_features(users.index, users.weight, items.index, items.weight)
+        model.set_features(users, items)
     return model
 
 
-def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> TrainedModel:
-    """Train every candidate on a temporal holdout, pick the best by the selection metric,
-    then refit it on all interactions for the epochs early stopping chose."""
+@dataclass
+class Comparison:
+    """Every candidate's validation metrics and the winner."""
+
+    metrics: list[Metric]
+    scores: dict[str, tuple[float, int]]  # name -> (selection metric value, best epoch)
+    best: str
+    selection: str  # one line: who won, by how much
+
+
+def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -> Comparison:
+    """Train every candidate on a temporal holdout and rank them by the selection metric."""
     data = dataset.interactions
     names = candidate_names(config)
     settings = train_settings(config, device)
@@ -129,37 +138,53 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
         )
     k, metric = config.model.selection_k, config.model.selection_metric
     all_metrics: list[Metric] = []
-    results = {}
+    scores: dict[str, tuple[float, int]] = {}
     for name in names:
         model = new_model(name, dataset, config)
-        if model.hparams.get("loss") == "mse" and not data.has_ratings:
+        if model.hparams.get("loss") in ("mse", "logloss") and not data.has_ratings:
             log.info("skipping %s: it needs ratings and %s has none", name, data.source)
             continue
         result = fit(model, train, valid, settings)
         rows = evaluate_model(model, train, valid, k, device, config.data.positive_threshold,
                               (config.data.min_rating, config.data.max_rating))  # fmt: skip
+        rows.append(Metric(name, "train_seconds", None, round(result.seconds, 3)))
         all_metrics += rows
         value = next((r.value for r in rows if r.metric == metric), None)
         log.info("candidate %s: %s@%d = %s (best epoch %d, %.1fs)", name, metric, k,
                  "n/a" if value is None else f"{value:.4f}", result.best_epoch, result.seconds)  # fmt: skip
         if value is not None:
-            results[name] = (value, result.best_epoch)
-    if not results:
+            scores[name] = (value, result.best_epoch)
+    if not scores:
         raise ConfigError(
             f"no candidate model reports {metric}; choose another model.selection_metric"
         )
     sign = 1 if metric in LOWER_IS_BETTER else -1
-    ranked = sorted(results, key=lambda n: sign * results[n][0])
+    ranked = sorted(scores, key=lambda n: sign * scores[n][0])
     best = ranked[0]
-    selection = f"{best} chosen by validation {metric}@{k} = {results[best][0]:.4f}"
+    selection = f"{best} chosen by validation {metric}@{k} = {scores[best][0]:.4f}"
     if len(ranked) > 1:
-        selection += f" (runner-up {ranked[1]}: {results[ranked[1]][0]:.4f})"
+        selection += f" (runner-up {ranked[1]}: {scores[ranked[1]][0]:.4f})"
     log.info(selection)
-    model = new_model(best, dataset, config)
+    return Comparison(all_metrics, scores, best, selection)
+
+
+def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> TrainedModel:
+    """Compare the candidates, then refit the winner on all interactions for the epochs
+    early stopping chose (or keep it as trained on the split when model.refit is off)."""
+    data = dataset.interactions
+    comparison = compare_candidates(dataset, config, device)
+    model = new_model(comparison.best, dataset, config)
+    settings = train_settings(config, device)
     if config.model.refit:
-        fit(model, data, None, settings, epochs=max(results[best][1], 1))
+        fit(model, data, None, settings, epochs=max(comparison.scores[comparison.best][1], 1))
         seen = data
     else:
+        train, valid = temporal_split(
+            data,
+            config.data.holdout_fraction,
+            config.training.seed,
+            config.data.min_user_interactions,
+        )
         fit(model, train, valid, settings)
         seen = train
     indptr, indices = seen.csr()
@@ -169,8 +194,8 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
         items=data.items,
         seen=SeenMatrix(indptr, indices),
         catalogue=dataset.catalogue,
-        metrics=all_metrics,
-        selection=selection,
+        metrics=comparison.metrics,
+        selection=comparison.selection,
         source=data.source,
         num_interactions=len(data),
         seed=config.training.seed,

@@ -134,7 +134,7 @@ def _featured_model(name: str, seed: int = 0):
     model = build_model(
         name, inter.num_users, inter.num_items, model_args=feature_args(*sides), dim=8
     )
-    model.set_features(sides[0].index, sides[0].weight, sides[1].index, sides[1].weight)
+    model.set_features(*sides)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)

@@ -83,7 +83,7 @@ def read_feature_table(spec: str, id_column: str, side: str, delimiter: str = ""
             f"set columns.{side} in recsys.toml"
         )
     ids = parse_ids(frame[id_column], source.label, id_column)
-    duplicated = ids.is_duplicated()
+    duplicated = ~ids.is_first_distinct()
     if duplicated.any():
         row = int(duplicated.arg_true()[0]) + 1
         raise DataError(

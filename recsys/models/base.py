@@ -57,6 +57,21 @@ class Recommender(nn.Module):
         """Logits for pairs: (B,), (B,) -> (B,)."""
         raise NotImplementedError
 
+    def predict(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Outputs for pairs where index -1 marks a user or item the model does not know:
+        known pairs go through `forward`, the rest through `fallback`."""
+        known = (user_idx >= 0) & (item_idx >= 0)
+        if bool(known.all()):
+            return self(user_idx, item_idx)
+        out = torch.empty(user_idx.shape, device=user_idx.device)
+        out[known] = self(user_idx[known], item_idx[known])
+        out[~known] = self.fallback(user_idx[~known], item_idx[~known])
+        return out
+
+    def fallback(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Outputs for pairs with an unknown side (-1); see each model."""
+        raise NotImplementedError
+
     def regularization(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """L2 penalty on the parameters this batch touches (scaled by the caller)."""
         return torch.zeros((), device=user_idx.device)

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
+from recsys.data.features import SideFeatures
 from recsys.models.base import Factors, Recommender
 from recsys.models.layers import FieldBags, fm_pairwise
 
 
-def feature_args(user, item) -> dict[str, list[int]]:
+def feature_args(user: SideFeatures, item: SideFeatures) -> dict[str, list[int]]:
     """Constructor arguments describing two SideFeatures' shapes (stored in checkpoints)."""
     return {
         "user_features": [*user.index.shape, user.num_features],
@@ -62,19 +62,13 @@ class FM(Recommender):
         self.item = FieldBags(*item_features, dim, std)
         self.w0 = nn.Parameter(torch.zeros(()))
 
-    def set_features(
-        self,
-        user_index: np.ndarray,
-        user_weight: np.ndarray,
-        item_index: np.ndarray,
-        item_weight: np.ndarray,
-    ) -> None:
-        for side, index, weight in (
-            (self.user, user_index, user_weight),
-            (self.item, item_index, item_weight),
-        ):
-            side.index.copy_(torch.as_tensor(index))
-            side.weight.copy_(torch.as_tensor(weight))
+    def set_features(self, user: SideFeatures, item: SideFeatures) -> None:
+        """Load the encoded side features (shapes must match the constructor's)."""
+        self.user.set_features(user.index, user.weight, user.offsets)
+        self.item.set_features(item.index, item.weight, item.offsets)
+
+    def fallback(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        return self(user_idx, item_idx)  # unknown entities use the shared unknown slots
 
     def prepare(self, user_idx: torch.Tensor, item_idx: torch.Tensor, rating: torch.Tensor) -> None:
         if self.hparams["loss"] == "mse":  # start at the mean rating

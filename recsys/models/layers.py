@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,26 +32,49 @@ class FieldBags(nn.Module):
         weight[:, :, 0] = 1.0
         self.register_buffer("index", index)  # (N, F, S)
         self.register_buffer("weight", weight)  # (N, F, S)
+        # First feature id of each field: its shared "unknown" slot.
+        self.register_buffer("field_offsets", torch.zeros(num_fields, dtype=torch.long))
         self.emb = nn.Embedding(num_features, dim)  # (num_features, k)
         self.bias = nn.Embedding(num_features, 1)  # first-order weights
         nn.init.normal_(self.emb.weight, std=init_std)
         nn.init.zeros_(self.bias.weight)
 
+    def set_features(self, index: np.ndarray, weight: np.ndarray, offsets: list[int]) -> None:
+        self.index.copy_(torch.as_tensor(index))
+        self.weight.copy_(torch.as_tensor(weight))
+        self.field_offsets.copy_(torch.as_tensor(offsets, dtype=torch.long))
+
     @property
     def num_fields(self) -> int:
         return self.index.shape[1]
 
+    def lookup(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature ids and weights (B, F, S) of `rows`; row -1 is an entity the model has
+        never seen: every field at its shared unknown slot."""
+        unknown = rows < 0
+        if not unknown.any():
+            return self.index[rows], self.weight[rows]
+        safe = rows.clamp(min=0)
+        index, weight = self.index[safe].clone(), self.weight[safe].clone()
+        index[unknown] = self.field_offsets[:, None].expand(-1, index.shape[2])
+        weight[unknown] = 0.0
+        weight[unknown, :, 0] = 1.0
+        return index, weight
+
     def fields(self, rows: torch.Tensor) -> torch.Tensor:
         """(B,) -> (B, F, k) pooled field embeddings."""
-        return (self.emb(self.index[rows]) * self.weight[rows].unsqueeze(-1)).sum(2)
+        index, weight = self.lookup(rows)
+        return (self.emb(index) * weight.unsqueeze(-1)).sum(2)
 
     def linear(self, rows: torch.Tensor) -> torch.Tensor:
         """(B,) -> (B,) first-order term."""
-        return (self.bias(self.index[rows]).squeeze(-1) * self.weight[rows]).sum((1, 2))
+        index, weight = self.lookup(rows)
+        return (self.bias(index).squeeze(-1) * weight).sum((1, 2))
 
     def penalty(self, rows: torch.Tensor) -> torch.Tensor:
         """L2 of the embeddings these rows use (their slots, weighted)."""
-        return (self.emb(self.index[rows]).pow(2).sum(-1) * self.weight[rows]).sum()
+        index, weight = self.lookup(rows)
+        return (self.emb(index).pow(2).sum(-1) * weight).sum()
 
 
 def fm_pairwise(fields: torch.Tensor) -> torch.Tensor:

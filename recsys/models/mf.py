@@ -40,6 +40,12 @@ class MF(Recommender):
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         return (self.user_emb(user_idx) * self.item_emb(item_idx)).sum(-1)  # (B,)
 
+    def fallback(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """An unknown user or item is the average one (its mean embedding)."""
+        return (
+            _or_mean(self.user_emb.weight, user_idx) * _or_mean(self.item_emb.weight, item_idx)
+        ).sum(-1)
+
     def regularization(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         return self.user_emb(user_idx).pow(2).sum() + self.item_emb(item_idx).pow(2).sum()
 
@@ -60,3 +66,9 @@ class BPRMF(MF):
         "epochs": 60,
         "negatives": 4,
     }
+
+
+def _or_mean(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows of `table` at `idx`, the mean row where idx is -1. (B,) -> (B, d)."""
+    rows = table[idx.clamp(min=0)]
+    return torch.where((idx >= 0)[:, None], rows, table.mean(0, keepdim=True))

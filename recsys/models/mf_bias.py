@@ -40,6 +40,15 @@ class BiasedMF(MF):
             + dot
         )
 
+    def fallback(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """The global mean plus whichever biases (and vectors) are known."""
+        known_u, known_i = (user_idx >= 0), (item_idx >= 0)
+        u, i = user_idx.clamp(min=0), item_idx.clamp(min=0)
+        b_u = torch.where(known_u, self.user_bias(u).squeeze(-1), 0.0)
+        b_i = torch.where(known_i, self.item_bias(i).squeeze(-1), 0.0)
+        dot = torch.where(known_u & known_i, (self.user_emb(u) * self.item_emb(i)).sum(-1), 0.0)
+        return self.global_mean + b_u + b_i + dot
+
     def regularization(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         biases = self.user_bias(user_idx).pow(2).sum() + self.item_bias(item_idx).pow(2).sum()
         ratio = float(self.hparams["bias_reg"]) / max(float(self.hparams["reg"]), 1e-12)

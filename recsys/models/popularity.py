@@ -31,6 +31,10 @@ class Popularity(Recommender):
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         return self.counts[item_idx]
 
+    def fallback(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Users do not matter; an unknown item has no interactions (score 0)."""
+        return torch.where(item_idx >= 0, self.counts[item_idx.clamp(min=0)], 0.0)
+
     def factors(self) -> Factors:
         return Factors(
             torch.ones(self.num_users, 1, device=self.counts.device), self.counts[:, None]

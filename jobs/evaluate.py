@@ -1,0 +1,47 @@
+"""`recsys evaluate`: compare models on the temporal holdout without publishing anything."""
+
+from __future__ import annotations
+
+import click
+
+from jobs.common import build_config, config_option, handle_errors
+from recsys.dataset import load_dataset
+from recsys.pipeline import compare_candidates
+from recsys.score import resolve_device
+
+
+@click.command()
+@config_option
+@click.option(
+    "--interactions",
+    default=None,
+    help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
+)
+@click.option("--model", default=None, help="A model name, or auto for all candidates.")
+@click.option(
+    "--k", "k", type=click.IntRange(min=1), default=None, help="Cut-off for top-N metrics."
+)
+@click.option("--seed", type=int, default=None)
+@handle_errors
+def evaluate(config_path, interactions, model, k, seed) -> None:
+    """Train each candidate on each user's earlier interactions and report its metrics on
+    the held-out latest ones (seen items excluded)."""
+    config = build_config(config_path, {"source.interactions": interactions, "model.name": model,
+                                        "model.selection_k": k, "training.seed": seed})  # fmt: skip
+    comparison = compare_candidates(
+        load_dataset(config), config, resolve_device(config.training.device)
+    )
+    models = list(dict.fromkeys(m.model for m in comparison.metrics))
+    names = list(dict.fromkeys((m.metric, m.k) for m in comparison.metrics))
+    values = {(m.model, m.metric, m.k): m.value for m in comparison.metrics}
+    click.echo(f"{'metric':<16}" + "".join(f"{name:>12}" for name in models))
+    for metric, cut in names:
+        label = f"{metric}@{cut}" if cut else metric
+        cells = "".join(
+            f"{values[(name, metric, cut)]:>12.4f}"
+            if (name, metric, cut) in values
+            else f"{'-':>12}"
+            for name in models
+        )
+        click.echo(f"{label:<16}{cells}")
+    click.echo(comparison.selection)

@@ -1,0 +1,34 @@
+"""`recsys predict`: score given (user, item) pairs with a checkpoint."""
+
+from __future__ import annotations
+
+import click
+
+from jobs.common import build_config, config_option, handle_errors
+from recsys.checkpoint import load_checkpoint
+from recsys.predict import predict_file
+from recsys.score import resolve_device
+
+
+@click.command()
+@click.option(
+    "--checkpoint", type=click.Path(dir_okay=False), required=True, help="From `recsys train`."
+)
+@click.option(
+    "--pairs",
+    required=True,
+    help="CSV/Parquet (or duckdb:PATH::TABLE) with user and item ID columns.",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), required=True, help="Parquet file to write."
+)
+@config_option
+@handle_errors
+def predict(checkpoint, pairs, out, config_path) -> None:
+    """Predict a rating (rating models) or score for every (user_id, item_id) pair."""
+    config = build_config(config_path, {})
+    trained = load_checkpoint(checkpoint)
+    result = predict_file(
+        trained, pairs, out, config.columns, config.data, resolve_device(config.scoring.device)
+    )
+    click.echo(f"wrote {result.height} predictions from {trained.model.name} -> {out}")
