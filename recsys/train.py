@@ -229,8 +229,7 @@ def _batch_loss(
 ) -> torch.Tensor:
     if loss_name in POINTWISE:
         u, i, r = u.to(device), i.to(device), r.to(device)
-        penalty = model.regularization(u, i)
-        out = model(u, i)
+        out, penalty = model.forward_with_penalty(u, i)
         data_loss = (
             F.mse_loss(out, r) if loss_name == "mse" else F.binary_cross_entropy_with_logits(out, r)
         )
@@ -239,17 +238,15 @@ def _batch_loss(
     u_rep = u.repeat_interleave(negatives)
     j = sampler.sample(u_rep, generator)
     u, i, u_rep, j = u.to(device), i.to(device), u_rep.to(device), j.to(device)
-    pos = model(u, i)  # (B,)
-    neg = model(u_rep, j)  # (B * negatives,)
+    pos, pos_penalty = model.forward_with_penalty(u, i)  # (B,)
+    neg, neg_penalty = model.forward_with_penalty(u_rep, j)  # (B * negatives,)
     if loss_name == "bpr":
-        diff = pos.repeat_interleave(negatives) - neg
-        data_loss = -F.logsigmoid(diff).mean()
+        data_loss = -F.logsigmoid(pos.repeat_interleave(negatives) - neg).mean()
     else:  # bce
         data_loss = F.binary_cross_entropy_with_logits(
             pos, torch.ones_like(pos)
         ) + negatives * F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
-    penalty = model.regularization(u, i) + model.regularization(u_rep, j) / negatives
-    return data_loss + reg * penalty / u.numel()
+    return data_loss + reg * (pos_penalty + neg_penalty / negatives) / u.numel()
 
 
 def _validation_loss(

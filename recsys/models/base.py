@@ -76,6 +76,13 @@ class Recommender(nn.Module):
         """L2 penalty on the parameters this batch touches (scaled by the caller)."""
         return torch.zeros((), device=user_idx.device)
 
+    def forward_with_penalty(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and regularization for one batch; models that can share the lookups
+        between the two override this."""
+        return self(user_idx, item_idx), self.regularization(user_idx, item_idx)
+
     def factors(self) -> Factors | None:
         """The linear full-scoring form, or None when the model needs `score_block`."""
         return None

@@ -32,11 +32,9 @@ class DeepFM(FM):
         layers += [nn.ReLU(), nn.Dropout(float(self.hparams["dropout"])), nn.Linear(hidden[-1], 1)]
         self.rest = nn.Sequential(*layers)  # applied to (..., H1) -> (..., 1)
 
-    def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
-        e_u, e_i = self.user.fields(user_idx), self.item.fields(item_idx)  # (B, Fu, k), (B, Fi, k)
-        fm = super().forward(user_idx, item_idx)
+    def deep(self, e_u: torch.Tensor, e_i: torch.Tensor) -> torch.Tensor:
         h1 = self.first_user(e_u.flatten(1)) + self.first_item(e_i.flatten(1))  # (B, H1)
-        return fm + self.rest(h1).squeeze(-1)
+        return self.rest(h1).squeeze(-1)  # (B,)
 
     def factors(self) -> None:
         return None  # not linear: scoring goes through score_block

@@ -75,21 +75,28 @@ class FM(Recommender):
             self.w0.data.fill_(float(rating.float().mean()))
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
-        fields = torch.cat(
-            [self.user.fields(user_idx), self.item.fields(item_idx)], 1
-        )  # (B, Fu+Fi, k)
-        return (
-            self.w0 + self.user.linear(user_idx) + self.item.linear(item_idx) + fm_pairwise(fields)
-        )
+        return self.forward_with_penalty(user_idx, item_idx)[0]
 
-    def regularization(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
-        return self.user.penalty(user_idx) + self.item.penalty(item_idx)
+    def forward_with_penalty(
+        self, user_idx: torch.Tensor, item_idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B,) and the L2 of the pooled field vectors they used, in one lookup."""
+        e_u, lin_u = self.user.encode(user_idx)  # (B, Fu, k), (B,)
+        e_i, lin_i = self.item.encode(item_idx)  # (B, Fi, k), (B,)
+        logits = (
+            self.w0 + lin_u + lin_i + fm_pairwise(torch.cat([e_u, e_i], 1)) + self.deep(e_u, e_i)
+        )
+        return logits, e_u.pow(2).sum() + e_i.pow(2).sum()
+
+    def deep(self, e_u: torch.Tensor, e_i: torch.Tensor) -> torch.Tensor | float:
+        """Extra term on the field embeddings (DeepFM's MLP); none for FM."""
+        return 0.0
 
     def side_vectors(self, side: FieldBags) -> tuple[torch.Tensor, torch.Tensor]:
         """Every entity's summed field vector v (N, k) and own constant c (N,)."""
         rows = torch.arange(side.index.shape[0], device=side.index.device)
-        fields = side.fields(rows)  # (N, F, k)
-        return fields.sum(1), side.linear(rows) + fm_pairwise(fields)
+        fields, linear = side.encode(rows)  # (N, F, k), (N,)
+        return fields.sum(1), linear + fm_pairwise(fields)
 
     def factors(self) -> Factors | None:
         return self.fm_factors()

@@ -12,7 +12,8 @@ class FieldBags(nn.Module):
 
     Buffers `index`/`weight` (N, F, S) hold each entity's feature ids per field and slot
     (see recsys.data.features); a field's embedding is the weighted sum over its slots, so a
-    multi-valued field (genres) is the mean of its values' vectors.
+    multi-valued field (genres) is the mean of its values' vectors. Only real slots (weight
+    > 0) are looked up, through EmbeddingBag: padding costs nothing in forward or backward.
     """
 
     def __init__(
@@ -34,8 +35,8 @@ class FieldBags(nn.Module):
         self.register_buffer("weight", weight)  # (N, F, S)
         # First feature id of each field: its shared "unknown" slot.
         self.register_buffer("field_offsets", torch.zeros(num_fields, dtype=torch.long))
-        self.emb = nn.Embedding(num_features, dim)  # (num_features, k)
-        self.bias = nn.Embedding(num_features, 1)  # first-order weights
+        self.emb = nn.EmbeddingBag(num_features, dim, mode="sum")  # (num_features, k)
+        self.bias = nn.EmbeddingBag(num_features, 1, mode="sum")  # first-order weights
         nn.init.normal_(self.emb.weight, std=init_std)
         nn.init.zeros_(self.bias.weight)
 
@@ -61,20 +62,31 @@ class FieldBags(nn.Module):
         weight[unknown, :, 0] = 1.0
         return index, weight
 
+    def encode(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) -> pooled field embeddings (B, F, k) and the first-order term (B,).
+
+        A training batch repeats entities many times (negatives, popular items): each
+        distinct one is encoded once and gathered back, which keeps backward cheap."""
+        distinct, inverse = torch.unique(rows, return_inverse=True)
+        if distinct.numel() < rows.numel():
+            fields, linear = self._encode(distinct)
+            return fields[inverse], linear[inverse]
+        return self._encode(rows)
+
+    def _encode(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index, weight = self.lookup(rows)
+        real = weight > 0  # (B, F, S)
+        flat, per_sample = index[real], weight[real]
+        counts = real.sum(-1).flatten()  # slots per (entity, field) bag
+        offsets = torch.cumsum(counts, 0) - counts
+        fields = self.emb(flat, offsets, per_sample_weights=per_sample).view(*index.shape[:2], -1)
+        linear = (
+            self.bias(flat, offsets, per_sample_weights=per_sample).view(index.shape[0], -1).sum(1)
+        )
+        return fields, linear
+
     def fields(self, rows: torch.Tensor) -> torch.Tensor:
-        """(B,) -> (B, F, k) pooled field embeddings."""
-        index, weight = self.lookup(rows)
-        return (self.emb(index) * weight.unsqueeze(-1)).sum(2)
-
-    def linear(self, rows: torch.Tensor) -> torch.Tensor:
-        """(B,) -> (B,) first-order term."""
-        index, weight = self.lookup(rows)
-        return (self.bias(index).squeeze(-1) * weight).sum((1, 2))
-
-    def penalty(self, rows: torch.Tensor) -> torch.Tensor:
-        """L2 of the embeddings these rows use (their slots, weighted)."""
-        index, weight = self.lookup(rows)
-        return (self.emb(index).pow(2).sum(-1) * weight).sum()
+        return self.encode(rows)[0]
 
 
 def fm_pairwise(fields: torch.Tensor) -> torch.Tensor:
