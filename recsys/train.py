@@ -21,9 +21,10 @@ from recsys.progress import Progress
 
 log = logging.getLogger(__name__)
 
-# mse: squared error on ratings. bpr, bce: ranking from positives and sampled negatives.
+# mse: squared error on ratings. bpr, bce, softmax: ranking from positives and sampled
+# negatives (pairwise, pointwise, and listwise over the positive and its negatives).
 # logloss: binary cross-entropy on each rated row's own label, rating >= positive_threshold.
-LOSSES = ("mse", "bpr", "bce", "logloss")
+LOSSES = ("mse", "bpr", "bce", "softmax", "logloss")
 POINTWISE = ("mse", "logloss")
 
 
@@ -242,6 +243,9 @@ def _batch_loss(
     neg, neg_penalty = model.forward_with_penalty(u_rep, j)  # (B * negatives,)
     if loss_name == "bpr":
         data_loss = -F.logsigmoid(pos.repeat_interleave(negatives) - neg).mean()
+    elif loss_name == "softmax":  # the positive against its negatives: cross-entropy, class 0
+        logits = torch.cat([pos[:, None], neg.view(-1, negatives)], 1)  # (B, 1 + negatives)
+        data_loss = F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
     else:  # bce
         data_loss = F.binary_cross_entropy_with_logits(
             pos, torch.ones_like(pos)
