@@ -1,7 +1,9 @@
 """Fault-injection points for the reliability tests: RECSYS_FAULT_PAUSE=<point>:<seconds>
 makes the job sleep at that point so a test can overlap, kill or read it there.
 
-Points, in order: locked, trained, staged, gated, published.
+Points, in order: starting (before the lock), locked, trained, staged, gated (the staged
+file is closed and passed), archived (hard-linked into archive/), published (the served file
+is replaced; the ledger does not know yet). A rollback pauses at published too.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 
 log = logging.getLogger(__name__)
 PAUSE_ENV = "RECSYS_FAULT_PAUSE"
-POINTS = ("locked", "trained", "staged", "gated", "published")
+POINTS = ("starting", "locked", "trained", "staged", "gated", "archived", "published")
 
 
 def point(name: str) -> None:

@@ -28,6 +28,7 @@ def check(
         with ranked as (
             select
                 user_id,
+                item_id,
                 rank,
                 row_number() over (partition by user_id order by rank) as expected,
                 count(*) over (partition by user_id, rank) as copies
@@ -35,7 +36,7 @@ def check(
         )
         select
             count(*),
-            count(*) filter (where user_id is null),
+            count(*) filter (where user_id is null or item_id is null or rank is null),
             count(*) filter (where rank <> expected),
             count(*) filter (where copies > 1)
         from ranked

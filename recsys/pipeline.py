@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -425,10 +426,10 @@ def publish_trained(
             staged.close()
             faults.point("gated")
             warehouse.publish(staged, run_id)
-            faults.point("published")
     except BaseException:
         warehouse.discard(staged)
         raise
+    faults.point("published")  # served, not yet in the ledger: the next run records it
     return RunSummary(run_id, trained.model.name, len(trained.users), len(trained.items), num_rows,
                       num_similar, str(warehouse.served), trained.selection, dict(timer.seconds))  # fmt: skip
 
@@ -457,18 +458,21 @@ def _history(
     )
 
 
-def run_job(config: Config, make_trained, run_id: str) -> RunSummary:
+def run_job(config: Config, make_trained, run_id: str | None = None) -> RunSummary:
     """Lock, record the run in the ledger, build the model with `make_trained(timer)`,
-    publish. Any failure is recorded as 'failed' with its one-line reason, then re-raised."""
+    publish. Any failure is recorded as 'failed' with its one-line reason, then re-raised.
+    Without `run_id` one is made under the lock, so published ids only go forwards."""
     warehouse = Warehouse(
         config.output.database, config.output.keep_archives, config.output.free_space_factor
     )
     log_dir = Path(config.output.log_dir) if config.output.log_dir else warehouse.dir / "logs"
-    with warehouse.lock(run_id), logs.run_log(log_dir / f"{run_id}.log", run_id):
+    faults.point("starting")
+    with warehouse.lock(run_id) as run_id, logs.run_log(log_dir / f"{run_id}.log", run_id):
         started_at = now_iso()
         warehouse.ledger.append(run_id, status="running", started_at=started_at, seed=config.training.seed,
-                                code_version=__version__)  # fmt: skip
+                                code_version=__version__, pid=os.getpid())  # fmt: skip
         timer = Timer()
+        trained = None
         try:
             faults.point("locked")
             trained = make_trained(timer)
@@ -483,6 +487,7 @@ def run_job(config: Config, make_trained, run_id: str) -> RunSummary:
                 finished_at=now_iso(),
                 message=reason,
                 timings=timer.seconds,
+                **({"model": trained.model.name} if trained is not None else {}),
             )
             raise
         row = run_row(
@@ -506,7 +511,7 @@ def run_job(config: Config, make_trained, run_id: str) -> RunSummary:
         return summary
 
 
-def nightly(config: Config, run_id: str) -> RunSummary:
+def nightly(config: Config, run_id: str | None = None) -> RunSummary:
     def make_trained(timer: Timer) -> TrainedModel:
         device = resolve_device(config.training.device)
         with timer.phase("load"):
