@@ -1,4 +1,4 @@
-"""The job's exclusive lock: `fcntl.flock` on `<dir>/nightly.lock`, never waited for.
+"""The job's exclusive lock: `fcntl.flock` on `<dir>/nightly.lock`, never waited on.
 
 Only the standard library here, so a second run refuses (exit 75) before it loads torch.
 """
@@ -7,11 +7,28 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from recsys.errors import AlreadyRunningError
 
 LOCK_NAME = "nightly.lock"
+# A probe (below) holds the lock for microseconds; retrying this long means a probe never
+# turns a run away, while a real holder (a run lasts seconds at least) still does at once.
+PATIENCE_S = 0.1
+
+
+def _flock(fd: int) -> bool:
+    """Take the exclusive lock on `fd` without waiting on a real holder; False when held."""
+    deadline = time.monotonic() + PATIENCE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
 
 
 def lock_path(database: str | Path) -> Path:
@@ -30,12 +47,10 @@ class RunLock:
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _flock(fd):
             holder = os.pread(fd, 200, 0).decode(errors="replace")
             os.close(fd)
-            raise _held(self.path, holder) from None
+            raise _held(self.path, holder)
         self._fd = fd
         self.note("")
 
@@ -59,9 +74,8 @@ def probe(path: Path) -> None:
         return
     fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the close below
-    except BlockingIOError:
-        raise _held(path, os.pread(fd, 200, 0).decode(errors="replace")) from None
+        if not _flock(fd):  # when taken, the close below releases it
+            raise _held(path, os.pread(fd, 200, 0).decode(errors="replace"))
     finally:
         os.close(fd)
 

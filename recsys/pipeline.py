@@ -444,7 +444,9 @@ def _history(
 ) -> pl.DataFrame:
     """The ledger as the `runs` table, this run marked published."""
     rows = [
-        {c: r.get(c) for c in RUN_COLUMNS} for r in warehouse.ledger.runs() if r["run_id"] != run_id
+        {c: _as_text(r.get(c)) for c in RUN_COLUMNS}
+        for r in warehouse.ledger.runs()
+        if r["run_id"] != run_id
     ]
     rows.append(
         run_row(trained, run_id, started_at, "published", num_rows, trained.selection, timings)
@@ -456,6 +458,12 @@ def _history(
             pl.Int64, strict=False
         ),
     )
+
+
+def _as_text(value: object) -> object:
+    """Ledger values as the all-text frame takes them: a failed run's timings are an object
+    in the ledger, and one such value would fail every later publish."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
 
 
 def run_job(config: Config, make_trained, run_id: str | None = None) -> RunSummary:
