@@ -69,7 +69,8 @@ def check(
         drop = (current.value - old) if current.metric in LOWER_IS_BETTER else (old - current.value)
         if drop > gate.max_metric_drop:
             problems.append(
-                f"validation {current.metric}@{current.k} fell from {old:.4f} to {current.value:.4f} "
+                f"validation {current.metric}{f'@{current.k}' if current.k else ''} fell from "
+                f"{old:.4f} to {current.value:.4f} "
                 f"(more than gate.max_metric_drop = {gate.max_metric_drop:g})"
             )
     return problems

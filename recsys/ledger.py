@@ -103,12 +103,14 @@ class Ledger:
         served_id = served["run_id"] if served else ""
         dead = [r["run_id"] for r in self.runs() if r.get("status") == "running"]
         for run_id in dead:
-            if run_id == served_id:
-                row = {k: v for k, v in served.items() if k != "run_id" and v is not None}  # type: ignore[union-attr]
-                row.update(status="published",
-                           message="published; the process died before recording it (found by the next run)")  # fmt: skip
-                self.append(run_id, **row)
+            if served and run_id == served_id:
+                self.record_published(served, "published; the process died before recording it (found by the next run)")  # fmt: skip
                 continue
             self.append(run_id, status="abandoned", finished_at=now_iso(),
                         message="the process died before finishing (found by the next run)")  # fmt: skip
         return [r for r in dead if r != served_id]
+
+    def record_published(self, row: dict[str, Any], message: str) -> None:
+        """Record the run whose `runs` row (from the served file) is `row` as published."""
+        fields = {k: v for k, v in row.items() if k != "run_id" and v is not None}
+        self.append(row["run_id"], **{**fields, "status": "published", "message": message})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -478,7 +477,7 @@ def run_job(config: Config, make_trained, run_id: str | None = None) -> RunSumma
     with warehouse.lock(run_id) as run_id, logs.run_log(log_dir / f"{run_id}.log", run_id):
         started_at = now_iso()
         warehouse.ledger.append(run_id, status="running", started_at=started_at, seed=config.training.seed,
-                                code_version=__version__, pid=os.getpid())  # fmt: skip
+                                code_version=__version__)  # fmt: skip
         timer = Timer()
         trained = None
         try:
@@ -489,6 +488,8 @@ def run_job(config: Config, make_trained, run_id: str | None = None) -> RunSumma
         except BaseException as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.debug("run failed: %s", reason, exc_info=True)
+            if warehouse.record_if_served(run_id, f"published, then {reason}"):
+                raise  # interrupted after the replace: served, and recorded so
             warehouse.ledger.append(
                 run_id,
                 status="failed",

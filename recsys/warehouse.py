@@ -227,7 +227,7 @@ class Warehouse:
         a kill: runs still 'running' are dead (published if the served file is theirs, else
         abandoned, and their archive copy goes: it was never served); a rollback killed after
         its replace is recorded; staging files are garbage."""
-        served = self._served_row()
+        served = self.served_row()
         for run_id in self.ledger.mark_abandoned(served):
             log.warning("run %s was abandoned (killed before finishing)", run_id)
             (self.archive_dir / f"{run_id}.duckdb").unlink(missing_ok=True)
@@ -244,7 +244,19 @@ class Warehouse:
                 else:
                     leftover.unlink(missing_ok=True)
 
-    def _served_row(self) -> dict | None:
+    def record_if_served(self, run_id: str, message: str) -> bool:
+        """Record `run_id` as published if the served file is its (a run interrupted after
+        its replace); True when it was."""
+        try:
+            row = self.served_row()
+        except RecsysError:
+            return False
+        if row is None or row["run_id"] != run_id:
+            return False
+        self.ledger.record_published(row, message)
+        return True
+
+    def served_row(self) -> dict | None:
         """The served run's own row of its `runs` table, or None when nothing readable is
         served (a missing or damaged file is reported when a publish needs it)."""
         try:

@@ -303,6 +303,27 @@ def test_kill_9_right_after_each_phase(kit: Kit, db: Path, point: str) -> None:
     )
 
 
+@pytest.mark.parametrize("point", ["gated", "published"])
+def test_interrupt_is_recorded_as_what_it_left(kit: Kit, db: Path, point: str) -> None:
+    """Ctrl-C (SIGINT) is not kill -9: the run records itself on the way out, as published
+    when it had already replaced the served file, else as failed with nothing left over."""
+    old, known = read_served(db), ledger_ids(db)
+    job = score(kit, db, pause=f"{point}:60")
+    job.wait_for(f"pausing 60s at '{point}'")
+    os.kill(job.pid, signal.SIGINT)
+    assert job.wait() == 130, job.stderr
+    assert job.stderr.strip().splitlines()[-1] == "error: interrupted"
+    (run,) = [r for r in Warehouse(db).ledger.runs() if r["run_id"] not in known]
+    if point == "published":
+        assert (run["status"], run["message"]) == ("published", "published, then KeyboardInterrupt")
+        assert read_served(db).run_id == run["run_id"]
+    else:
+        assert (run["status"], run["message"]) == ("failed", "KeyboardInterrupt")
+        assert read_served(db) == old
+    assert leftovers(db) == []
+    assert_settled(db)
+
+
 # ------------------------------------------------------------------ 3. overlapping runs
 
 
@@ -436,13 +457,22 @@ BAD_INPUTS = {
 }  # fmt: skip
 
 
+# A column named in the config but not in the data.
+MISNAMED = {"RECSYS_COLUMNS_RATING": "stars"}
+BAD_INPUTS["misnamed column"] = (
+    lambda d: write(d / "x.csv", "user_id,item_id,rating\n1,2,4\n"), 65,
+    "{d}/x.csv: rating column 'stars' missing (found: user_id, item_id, rating); fix columns.rating in recsys.toml",
+)  # fmt: skip
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_refused_and_changes_nothing(db: Path, kit: Kit, case: str) -> None:
     make, code, message = BAD_INPUTS[case]
     folder = db.parent.parent
     before, archived, known = checksum(db), Warehouse(db).archived_runs(), ledger_ids(db)
     result = CliRunner().invoke(main, ["nightly", "--config", str(kit.config), "--database",
-                                       str(db), "--interactions", str(make(folder))])  # fmt: skip
+                                       str(db), "--interactions", str(make(folder))],
+                                env=MISNAMED if case == "misnamed column" else {})  # fmt: skip
     assert result.exit_code == code, result.output
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: " + message.format(d=folder)), line
@@ -756,8 +786,51 @@ def test_torn_ledger_line_from_a_kill_mid_append_is_skipped(kit: Kit, db: Path) 
     job = score(kit, db)
     assert job.wait() == 0, job.stderr
     served = assert_settled(db)
-    assert Warehouse(db).ledger.get(served.run_id)["status"] == "published"
+    events = [e["status"] for e in Warehouse(db).ledger.events() if e["run_id"] == served.run_id]
+    assert events == ["running", "published"]  # the first line after the torn one survived
     assert "20200101T000000000000Z" not in ledger_ids(db)
+
+
+def test_runs_shows_status_model_metric_rows_and_timings(kit: Kit, db: Path) -> None:
+    published = read_served(db)
+    CliRunner().invoke(main, ["nightly", "--config", str(kit.config), "--database", str(db),
+                              "--interactions", str(db.parent / "none.csv")])  # fmt: skip
+    gated = score(kit, db, "--top-n", "40")
+    assert gated.wait() == 65
+    killed = score(kit, db, pause="staged:60")
+    killed.wait_for("pausing 60s at 'staged'")
+    killed.kill()
+    killed.wait()
+    missing, gated_id, killed_id = sorted(ledger_ids(db) - {published.run_id})
+    result = CliRunner().invoke(main, ["runs", "--config", str(kit.config), "--database", str(db),
+                                       "-v"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "run_id",
+        "status",
+        "model",
+        "rows",
+        "ndcg@10",
+        "seconds",
+        "message",
+    ]
+    rows = [line[2:].split() for line in lines[1:] if line[:1] in (" ", "*") and line[2:3] != " "]
+    assert [r[:4] for r in rows] == [
+        [killed_id, "abandoned", "-", "-"],  # dead, not yet recorded: shown as it will be
+        [gated_id, "failed", "bpr", "-"],
+        [missing, "failed", "-", "-"],
+        [published.run_id, "published", "bpr", str(published.num_rows)],
+    ]
+    ndcg = Warehouse(db).ledger.get(published.run_id)["metrics"]["bpr.ndcg@10"]
+    assert rows[3][4] == f"{ndcg:.4f}" and float(rows[3][5]) > 0
+    assert [line[:1] for line in lines[1:] if published.run_id in line] == ["*"]
+    assert " ".join(rows[2][6:]) == f"{db.parent / 'none.csv'}: file not found"
+    assert " ".join(rows[1][6:]).startswith("quality gate failed: row count")
+    assert " ".join(rows[0][6:]) == "the process died (the next run will record it)"
+    detail = [line.strip() for line in lines if line.startswith("    ")]
+    assert detail[-2].startswith("timings: score ") and detail[-2].endswith("s")
+    assert detail[-1].startswith("metrics: ") and f"bpr.ndcg@10 {ndcg:g}" in detail[-1]
 
 
 def test_run_log_and_stderr_lines_are_structured(kit: Kit, db: Path) -> None:
