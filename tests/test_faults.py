@@ -262,7 +262,8 @@ def test_kill_9_at_20_random_moments(kit: Kit, db: Path) -> None:
 @pytest.mark.soak
 def test_kill_9_soak(kit: Kit, db: Path) -> None:
     seed = int(os.environ.get("RECSYS_SOAK_SEED", "7"))
-    landed = kill_at_random_moments(kit, db, kills=SOAK_KILLS, seed=seed)
+    kills = int(os.environ.get("RECSYS_SOAK_KILLS", SOAK_KILLS))
+    landed = kill_at_random_moments(kit, db, kills=kills, seed=seed)
     print(f"seed {seed}, kills landed:", dict(landed))
     assert landed["staging"] > 0
 
