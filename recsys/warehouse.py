@@ -331,10 +331,23 @@ class Warehouse:
         """The served run's history, or None before the first publish."""
         if not self.served.exists():
             return None
-        with open_read_only(self.served) as con:
-            runs = con.sql("select * from runs order by run_id").pl()
-            metrics = con.sql("select * from metrics").pl()
-            num_rows = con.sql("select count(*) from recommendations").fetchall()[0][0]
+        try:
+            with open_read_only(self.served) as con:
+                runs = con.sql("select * from runs order by run_id").pl()
+                metrics = con.sql("select * from metrics").pl()
+                num_rows = con.sql("select count(*) from recommendations").fetchall()[0][0]
+        except (MissingInputError, duckdb.Error) as exc:
+            # Not publishing over it: the gate has nothing to compare with, and the operator
+            # should see this. Rollback does not read it, so it is the way out.
+            what = (
+                str(exc)
+                if isinstance(exc, RecsysError)
+                else f"{self.served}: cannot read it as a published database ({_first_line(exc)})"
+            )
+            raise MissingInputError(
+                f"{what}; serve an archived run again with `recsys rollback RUN_ID` "
+                f"(archived: {', '.join(self.archived_runs()) or 'none'})"
+            ) from None
         own = runs.filter(pl.col("status") == "published")
         run_id = own["run_id"][-1] if own.height else ""
         return Published(run_id, runs, metrics, int(num_rows))

@@ -777,6 +777,38 @@ def test_keeps_k_archives_rolls_back_atomically_and_does_not_grow(kit: Kit, tmp_
     assert_settled(db)
 
 
+def test_damaged_served_file_is_refused_and_rollback_recovers(kit: Kit, db: Path) -> None:
+    served = read_served(db)
+    with db.open("r+b") as fh:  # what a bad disk or a careless copy leaves
+        fh.truncate(db.stat().st_size // 3)
+    job = score(kit, db)
+    assert job.wait() == 66, job.stderr
+    line = job.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {db}: cannot read it as a published database (IO Error: ")
+    assert line.endswith(f"serve an archived run again with `recsys rollback RUN_ID` "
+                         f"(archived: {served.run_id})")  # fmt: skip
+    rollback = CliRunner().invoke(main, ["rollback", served.run_id, "--database", str(db)])
+    assert rollback.exit_code == 0, rollback.output
+    assert read_served(db) == served
+    job = score(kit, db)
+    assert job.wait() == 0, job.stderr
+    assert_settled(db)
+
+
+def test_rollback_refuses_an_archive_holding_another_run(db: Path) -> None:
+    served = read_served(db)
+    archive = db.parent / "archive"
+    shutil.copy(archive / f"{served.run_id}.duckdb", archive / "29990101T000000000000Z.duckdb")
+    before = checksum(db)
+    result = CliRunner().invoke(main, ["rollback", "29990101T000000000000Z", "--database", str(db)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: {archive}/29990101T000000000000Z.duckdb: holds runs ['{served.run_id}'], "
+        "expected only 29990101T000000000000Z; not served"
+    )
+    assert checksum(db) == before
+
+
 # --------------------------------------------------------------------- the ledger and logs
 
 
