@@ -41,7 +41,10 @@ class FixedFactors(Recommender):
 
     def __init__(self, user: np.ndarray, item: np.ndarray) -> None:
         super().__init__(user.shape[0], item.shape[0])
-        self.user, self.item = torch.from_numpy(np.ascontiguousarray(user)), torch.from_numpy(np.ascontiguousarray(item))
+        self.user, self.item = (
+            torch.from_numpy(np.ascontiguousarray(user)),
+            torch.from_numpy(np.ascontiguousarray(item)),
+        )
 
     def factors(self) -> Factors:
         return Factors(self.user, self.item)
@@ -76,9 +79,16 @@ def fit_early_stopped(name: str, dataset: Dataset, train, inner_split, config: C
 def rating_section(dataset: Dataset, config: Config) -> list[str]:
     data = dataset.interactions
     train, test = random_split(data, 0.2, config.training.seed)
-    lines = ["## Rating prediction (random 80/20, RMSE / MAE on the 20%)", "", "| model | RMSE | MAE | train s |", "|---|---|---|---|"]
+    lines = [
+        "## Rating prediction (random 80/20, RMSE / MAE on the 20%)",
+        "",
+        "| model | RMSE | MAE | train s |",
+        "|---|---|---|---|",
+    ]
     for name in ("mf_bias", "mf"):
-        model, seconds = fit_early_stopped(name, dataset, train, lambda t: random_split(t, 0.1, config.training.seed + 1), config)
+        model, seconds = fit_early_stopped(
+            name, dataset, train, lambda t: random_split(t, 0.1, config.training.seed + 1), config
+        )
         r = evaluate_ratings(model, test, CPU, 1.0, 5.0)
         lines.append(f"| {name} | {r['rmse']:.4f} | {r['mae']:.4f} | {seconds:.0f} |")
         print(lines[-1], flush=True)
@@ -105,7 +115,9 @@ def topn_section(dataset: Dataset, config: Config, models: list[str]) -> list[st
     lines = ["## Top-N ranking (temporal per user, latest 20% held out, seen excluded, K = 10)", "",
              "| model | NDCG@10 | Recall@10 | Precision@10 | MAP@10 | HitRate@10 | Coverage | train s |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r, seconds in rows:
-        lines.append(f"| {name} | {r['ndcg']:.4f} | {r['recall']:.4f} | {r['precision']:.4f} | {r['map']:.4f} | {r['hitrate']:.4f} | {r['coverage']:.3f} | {seconds:.0f} |")
+        lines.append(
+            f"| {name} | {r['ndcg']:.4f} | {r['recall']:.4f} | {r['precision']:.4f} | {r['map']:.4f} | {r['hitrate']:.4f} | {r['coverage']:.3f} | {seconds:.0f} |"
+        )
     return lines
 
 
@@ -117,7 +129,10 @@ def implicit_rows(train, test, data) -> list:
     from implicit.bpr import BayesianPersonalizedRanking
 
     f = train.frame
-    matrix = sp.csr_matrix((np.ones(f.height, np.float32), (f["user_idx"].to_numpy(), f["item_idx"].to_numpy())), shape=(data.num_users, data.num_items))
+    matrix = sp.csr_matrix(
+        (np.ones(f.height, np.float32), (f["user_idx"].to_numpy(), f["item_idx"].to_numpy())),
+        shape=(data.num_users, data.num_items),
+    )
     rows = []
     for label, grid, make in (
         ("implicit ALS", [(d, reg, a) for d in (64, 128, 256) for reg in (0.01, 0.1, 1.0, 10.0) for a in (1.0, 10.0)],
@@ -133,7 +148,11 @@ def implicit_rows(train, test, data) -> list:
             factors = FixedFactors(np.asarray(model.user_factors), np.asarray(model.item_factors))
             result = evaluate_ranking(factors, train, test, 10, CPU)
             if best is None or result["ndcg"] > best[1]["ndcg"]:
-                best = (f"{label} {params} (best of {len(grid)} on test)", result, time.monotonic() - started)
+                best = (
+                    f"{label} {params} (best of {len(grid)} on test)",
+                    result,
+                    time.monotonic() - started,
+                )
         rows.append(best)
         print(best, flush=True)
     return rows
@@ -143,10 +162,24 @@ def auc_section(dataset: Dataset, config: Config) -> list[str]:
     data = dataset.interactions
     config.data.positive_threshold = 4.0
     train, test = random_split(data, 0.2, config.training.seed)
-    lines = ["## Rating >= 4 as the label (random 80/20, AUC on the 20%)", "", "| model | AUC | train s |", "|---|---|---|"]
+    lines = [
+        "## Rating >= 4 as the label (random 80/20, AUC on the 20%)",
+        "",
+        "| model | AUC | train s |",
+        "|---|---|---|",
+    ]
     for name in ("mf", "fm", "deepfm"):
-        model, seconds = fit_early_stopped(name, dataset, train, lambda t: random_split(t, 0.1, config.training.seed + 1), config, loss="logloss")
-        lines.append(f"| {name} (logloss) | {evaluate_auc(model, test, CPU, 4.0):.4f} | {seconds:.0f} |")
+        model, seconds = fit_early_stopped(
+            name,
+            dataset,
+            train,
+            lambda t: random_split(t, 0.1, config.training.seed + 1),
+            config,
+            loss="logloss",
+        )
+        lines.append(
+            f"| {name} (logloss) | {evaluate_auc(model, test, CPU, 4.0):.4f} | {seconds:.0f} |"
+        )
         print(lines[-1], flush=True)
     config.data.positive_threshold = 0.0
     return lines
@@ -160,7 +193,9 @@ def main() -> None:
     parser.add_argument("--models", default="popularity,mf_bias,bpr,fm,deepfm")
     args = parser.parse_args()
     if not (args.data / "u.data").exists():
-        raise SystemExit(f"{args.data}: MovieLens-100K not found (expected u.data, u.user, items.csv)")
+        raise SystemExit(
+            f"{args.data}: MovieLens-100K not found (expected u.data, u.user, items.csv)"
+        )
     config = config_for(args.data, args.seed)
     dataset = load_dataset(config)
     started = time.monotonic()
@@ -168,7 +203,9 @@ def main() -> None:
     lines += rating_section(dataset, config) + [""]
     lines += topn_section(dataset, config, args.models.split(",")) + [""]
     lines += auc_section(dataset, config) + [""]
-    lines.append(f"Total {time.monotonic() - started:.0f} s on {torch.get_num_threads()} threads; training uses 1 thread per model.")
+    lines.append(
+        f"Total {time.monotonic() - started:.0f} s on {torch.get_num_threads()} threads; training uses 1 thread per model."
+    )
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

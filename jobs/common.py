@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from recsys import logs
+from recsys import lock, logs
 from recsys.config import Config, load_config, set_option
 from recsys.errors import EX_SOFTWARE, RecsysError
 
@@ -47,6 +47,12 @@ def build_config(config_path: str | None, overrides: dict[str, Any]) -> Config:
             section, key = dotted.split(".")
             set_option(config, section, key, value, origin=f"option for {section}.{key}")
     return config
+
+
+def refuse_if_running(config: Config) -> None:
+    """Exit 75 at once when another run holds the lock, before loading torch (seconds).
+    The job takes the lock itself later; losing a race there is exit 75 too."""
+    lock.probe(lock.lock_path(config.output.database))
 
 
 def handle_errors(f: Callable) -> Callable:

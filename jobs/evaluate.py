@@ -5,9 +5,6 @@ from __future__ import annotations
 import click
 
 from jobs.common import build_config, config_option, handle_errors
-from recsys.dataset import load_dataset
-from recsys.pipeline import compare_candidates
-from recsys.score import resolve_device
 
 
 @click.command()
@@ -28,6 +25,11 @@ def evaluate(config_path, interactions, model, k, seed) -> None:
     the held-out latest ones (seen items excluded)."""
     config = build_config(config_path, {"source.interactions": interactions, "model.name": model,
                                         "model.selection_k": k, "training.seed": seed})  # fmt: skip
+    # torch is imported only by the commands that use it, so every other one starts fast.
+    from recsys.dataset import load_dataset
+    from recsys.pipeline import compare_candidates
+    from recsys.score import resolve_device
+
     comparison = compare_candidates(
         load_dataset(config), config, resolve_device(config.training.device)
     )

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import click
 
-from jobs.common import build_config, config_option, database_option, handle_errors
-from recsys.ledger import new_run_id
-from recsys.pipeline import nightly as run_nightly
+from jobs.common import (
+    build_config,
+    config_option,
+    database_option,
+    handle_errors,
+    refuse_if_running,
+)
 
 
 @click.command()
@@ -33,7 +37,10 @@ def nightly(config_path, interactions, database, model, top_n, seed) -> None:
         "source.interactions": interactions, "output.database": database, "model.name": model,
         "scoring.top_n": top_n, "training.seed": seed,
     })  # fmt: skip
-    summary = run_nightly(config, new_run_id())
+    refuse_if_running(config)
+    from recsys.pipeline import nightly as run_nightly  # imports torch: after the lock check
+
+    summary = run_nightly(config)
     click.echo(
         f"published run {summary.run_id}: {summary.model}, {summary.num_users} users x "
         f"{summary.num_items} items, {summary.num_rows} recommendations, "

@@ -5,9 +5,6 @@ from __future__ import annotations
 import click
 
 from jobs.common import build_config, config_option, handle_errors
-from recsys.checkpoint import load_checkpoint
-from recsys.predict import predict_file
-from recsys.score import resolve_device
 
 
 @click.command()
@@ -27,6 +24,11 @@ from recsys.score import resolve_device
 def predict(checkpoint, pairs, out, config_path) -> None:
     """Predict a rating (rating models) or score for every (user_id, item_id) pair."""
     config = build_config(config_path, {})
+    # torch is imported only by the commands that use it, so every other one starts fast.
+    from recsys.checkpoint import load_checkpoint
+    from recsys.predict import predict_file
+    from recsys.score import resolve_device
+
     trained = load_checkpoint(checkpoint)
     result = predict_file(
         trained, pairs, out, config.columns, config.data, resolve_device(config.scoring.device)

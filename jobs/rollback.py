@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 
 from jobs.common import build_config, config_option, database_option, handle_errors
-from recsys.ledger import new_run_id
-from recsys.warehouse import Warehouse
 
 
 @click.command()
@@ -15,10 +13,11 @@ from recsys.warehouse import Warehouse
 @database_option
 @handle_errors
 def rollback(run_id, config_path, database) -> None:
-    """Replace the served database with archived run RUN_ID."""
+    """Replace the served database with archived run RUN_ID (`recsys runs` lists them)."""
+    from recsys.warehouse import Warehouse  # duckdb and polars: only for commands that read
+
     config = build_config(config_path, {"output.database": database})
     warehouse = Warehouse(config.output.database, config.output.keep_archives)
-    with warehouse.lock(new_run_id()):
-        warehouse.rollback(run_id)
-        warehouse.ledger.append(run_id, event="rollback", message="served again by rollback")
-    click.echo(f"now serving run {run_id} from {warehouse.served}")
+    with warehouse.lock():
+        previous = warehouse.rollback(run_id)
+    click.echo(f"now serving run {run_id} from {warehouse.served} (was {previous or 'none'})")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import click
 
-from jobs.common import build_config, config_option, database_option, handle_errors
-from recsys.checkpoint import load_checkpoint
-from recsys.ledger import new_run_id
-from recsys.pipeline import run_job
+from jobs.common import (
+    build_config,
+    config_option,
+    database_option,
+    handle_errors,
+    refuse_if_running,
+)
 
 
 @click.command()
@@ -21,7 +24,12 @@ from recsys.pipeline import run_job
 def score(checkpoint, config_path, database, top_n) -> None:
     """Score all users against all items with CHECKPOINT and publish the top-N."""
     config = build_config(config_path, {"output.database": database, "scoring.top_n": top_n})
-    summary = run_job(config, lambda timer: load_checkpoint(checkpoint), new_run_id())
+    refuse_if_running(config)
+    # These import torch: after the lock check, so an overlapping run exits 75 at once.
+    from recsys.checkpoint import load_checkpoint
+    from recsys.pipeline import run_job
+
+    summary = run_job(config, lambda timer: load_checkpoint(checkpoint))
     click.echo(
         f"published run {summary.run_id}: {summary.model}, {summary.num_rows} recommendations -> {summary.database}"
     )

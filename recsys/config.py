@@ -204,7 +204,24 @@ def set_option(config: Config, section: str, key: str, value: Any, origin: str) 
             f"(expected one of: {', '.join(sorted(fields))})"
         )
     hint = typing.get_type_hints(type(target))[key]
-    setattr(target, key, coerce(value, hint, f"{origin}: [{section}] {key}"))
+    value = coerce(value, hint, f"{origin}: [{section}] {key}")
+    least = MINIMUMS.get(f"{section}.{key}")
+    if least is not None and value < least:
+        raise ConfigError(
+            f"{origin}: [{section}] {key} = {value!r} is below {least!r}, the least that works"
+        )
+    setattr(target, key, value)
+
+
+# Settings the job cannot run with below these; refused up front rather than as odd results.
+MINIMUMS: dict[str, float] = {
+    "scoring.top_n": 1,
+    "scoring.similar_items_n": 0,
+    "output.keep_archives": 0,
+    "output.free_space_factor": 0.0,
+    "gate.max_row_ratio": 1.0,
+    "gate.max_metric_drop": 0.0,
+}
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:

@@ -7,7 +7,7 @@ EX_USAGE = 2  # Click's own code for bad command-line usage
 EX_DATAERR = 65  # bad input data or a failed quality gate
 EX_NOINPUT = 66  # an input file missing or unreadable
 EX_CANTCREAT = 73  # not enough free disk to build the new database
-EX_TEMPFAIL = 75  # another run holds the lock
+EX_TEMPFAIL = 75  # another run holds the lock (or the served file); try later
 
 
 class RecsysError(Exception):
@@ -56,3 +56,9 @@ class TrainingError(RecsysError):
     """Training diverged (NaN or infinite loss)."""
 
     exit_code = EX_SOFTWARE
+
+
+class ServedBusyError(RecsysError):
+    """Another process has the served file open read-write, which locks everyone else out."""
+
+    exit_code = EX_TEMPFAIL

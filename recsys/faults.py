@@ -1,7 +1,10 @@
 """Fault-injection points for the reliability tests: RECSYS_FAULT_PAUSE=<point>:<seconds>
-makes the job sleep at that point so a test can overlap, kill or read it there.
+makes the job sleep at that point so a test can overlap, kill or read it there; with
+RECSYS_FAULT_RESUME=<path> the pause ends as soon as that file exists.
 
-Points, in order: locked, trained, staged, gated, published.
+Points, in order: starting (before the lock), locked, trained, staged, gated (the staged
+file is closed and passed), archived (hard-linked into archive/), published (the served file
+is replaced; the ledger does not know yet). A rollback pauses at published too.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import time
 
 log = logging.getLogger(__name__)
 PAUSE_ENV = "RECSYS_FAULT_PAUSE"
-POINTS = ("locked", "trained", "staged", "gated", "published")
+RESUME_ENV = "RECSYS_FAULT_RESUME"
+POINTS = ("starting", "locked", "trained", "staged", "gated", "archived", "published")
 
 
 def point(name: str) -> None:
@@ -20,6 +24,10 @@ def point(name: str) -> None:
     if not spec:
         return
     where, _, seconds = spec.partition(":")
-    if where == name:
-        log.info("fault injection: pausing %ss at '%s'", seconds or "30", name)
-        time.sleep(float(seconds or 30))
+    if where != name:
+        return
+    log.info("fault injection: pausing %ss at '%s'", seconds or "30", name)
+    resume = os.environ.get(RESUME_ENV, "")
+    end = time.monotonic() + float(seconds or 30)
+    while time.monotonic() < end and not (resume and os.path.exists(resume)):
+        time.sleep(min(0.01, max(end - time.monotonic(), 0)))

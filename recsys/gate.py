@@ -28,6 +28,7 @@ def check(
         with ranked as (
             select
                 user_id,
+                item_id,
                 rank,
                 row_number() over (partition by user_id order by rank) as expected,
                 count(*) over (partition by user_id, rank) as copies
@@ -35,7 +36,7 @@ def check(
         )
         select
             count(*),
-            count(*) filter (where user_id is null),
+            count(*) filter (where user_id is null or item_id is null or rank is null),
             count(*) filter (where rank <> expected),
             count(*) filter (where copies > 1)
         from ranked
@@ -68,7 +69,8 @@ def check(
         drop = (current.value - old) if current.metric in LOWER_IS_BETTER else (old - current.value)
         if drop > gate.max_metric_drop:
             problems.append(
-                f"validation {current.metric}@{current.k} fell from {old:.4f} to {current.value:.4f} "
+                f"validation {current.metric}{f'@{current.k}' if current.k else ''} fell from "
+                f"{old:.4f} to {current.value:.4f} "
                 f"(more than gate.max_metric_drop = {gate.max_metric_drop:g})"
             )
     return problems

@@ -388,10 +388,10 @@ def publish_trained(
             staged.close()
             faults.point("gated")
             warehouse.publish(staged, run_id)
-            faults.point("published")
     except BaseException:
         warehouse.discard(staged)
         raise
+    faults.point("published")  # served, not yet in the ledger: the next run records it
     return RunSummary(run_id, trained.model.name, len(trained.users), len(trained.items), num_rows,
                       num_similar, str(warehouse.served), trained.selection, dict(timer.seconds))  # fmt: skip
 
@@ -406,7 +406,9 @@ def _history(
 ) -> pl.DataFrame:
     """The ledger as the `runs` table, this run marked published."""
     rows = [
-        {c: r.get(c) for c in RUN_COLUMNS} for r in warehouse.ledger.runs() if r["run_id"] != run_id
+        {c: _as_text(r.get(c)) for c in RUN_COLUMNS}
+        for r in warehouse.ledger.runs()
+        if r["run_id"] != run_id
     ]
     rows.append(
         run_row(trained, run_id, started_at, "published", num_rows, trained.selection, timings)
@@ -420,18 +422,27 @@ def _history(
     )
 
 
-def run_job(config: Config, make_trained, run_id: str) -> RunSummary:
+def _as_text(value: object) -> object:
+    """Ledger values as the all-text frame takes them: a failed run's timings are an object
+    in the ledger, and one such value would fail every later publish."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
+
+
+def run_job(config: Config, make_trained, run_id: str | None = None) -> RunSummary:
     """Lock, record the run in the ledger, build the model with `make_trained(timer)`,
-    publish. Any failure is recorded as 'failed' with its one-line reason, then re-raised."""
+    publish. Any failure is recorded as 'failed' with its one-line reason, then re-raised.
+    Without `run_id` one is made under the lock, so published ids only go forwards."""
     warehouse = Warehouse(
         config.output.database, config.output.keep_archives, config.output.free_space_factor
     )
     log_dir = Path(config.output.log_dir) if config.output.log_dir else warehouse.dir / "logs"
-    with warehouse.lock(run_id), logs.run_log(log_dir / f"{run_id}.log", run_id):
+    faults.point("starting")
+    with warehouse.lock(run_id) as run_id, logs.run_log(log_dir / f"{run_id}.log", run_id):
         started_at = now_iso()
         warehouse.ledger.append(run_id, status="running", started_at=started_at, seed=config.training.seed,
                                 code_version=__version__)  # fmt: skip
         timer = Timer()
+        trained = None
         try:
             faults.point("locked")
             trained = make_trained(timer)
@@ -440,12 +451,15 @@ def run_job(config: Config, make_trained, run_id: str) -> RunSummary:
         except BaseException as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.debug("run failed: %s", reason, exc_info=True)
+            if warehouse.record_if_served(run_id, f"published, then {reason}"):
+                raise  # interrupted after the replace: served, and recorded so
             warehouse.ledger.append(
                 run_id,
                 status="failed",
                 finished_at=now_iso(),
                 message=reason,
                 timings=timer.seconds,
+                **({"model": trained.model.name} if trained is not None else {}),
             )
             raise
         row = run_row(
@@ -469,7 +483,7 @@ def run_job(config: Config, make_trained, run_id: str) -> RunSummary:
         return summary
 
 
-def nightly(config: Config, run_id: str) -> RunSummary:
+def nightly(config: Config, run_id: str | None = None) -> RunSummary:
     def make_trained(timer: Timer) -> TrainedModel:
         device = resolve_device(config.training.device)
         with timer.phase("load"):

@@ -245,7 +245,9 @@ def _batch_loss(
         data_loss = -F.logsigmoid(pos.repeat_interleave(negatives) - neg).mean()
     elif loss_name == "softmax":  # the positive against its negatives: cross-entropy, class 0
         logits = torch.cat([pos[:, None], neg.view(-1, negatives)], 1)  # (B, 1 + negatives)
-        data_loss = F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
+        data_loss = F.cross_entropy(
+            logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device)
+        )
     else:  # bce
         data_loss = F.binary_cross_entropy_with_logits(
             pos, torch.ones_like(pos)

@@ -8,7 +8,7 @@ Readers open the served file read-only and see the old run or the new one, never
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import logging
 import os
 import queue
@@ -22,8 +22,10 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from recsys.errors import AlreadyRunningError, MissingInputError, NoSpaceError, RecsysError
-from recsys.ledger import Ledger
+from recsys import faults
+from recsys.errors import MissingInputError, NoSpaceError, RecsysError, ServedBusyError
+from recsys.ledger import Ledger, new_run_id
+from recsys.lock import RunLock, is_held, lock_path
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +59,51 @@ def open_read_only(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
         wal = path.with_name(path.name + ".wal")
-        if not wal.exists():
-            raise MissingInputError(
-                f"{path}: cannot open as DuckDB ({str(exc).splitlines()[0]})"
+        if "Could not set lock" in str(exc):
+            raise ServedBusyError(
+                f"{path}: another process has it open read-write, which locks everyone else "
+                f"out ({_first_line(exc)}); readers must open it read-only. Try again when it exits"
             ) from None
+        if not wal.exists():
+            raise MissingInputError(f"{path}: cannot open as DuckDB ({_first_line(exc)})") from None
         log.warning("%s: moving aside a stale WAL left by a crashed writer", wal)
-        wal.rename(wal.with_name(wal.name + ".stale"))
+        move_aside(wal)
         con = duckdb.connect(str(path), read_only=True)
     try:
         yield con
     finally:
         con.close()
+
+
+def move_aside(wal: Path) -> None:
+    """Rename a stale WAL out of DuckDB's way, keeping it for inspection."""
+    os.replace(wal, wal.with_name(f"{wal.name}.stale-{new_run_id()}"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _is_no_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, duckdb.Error) and "No space left on device" in str(exc)
+
+
+@contextlib.contextmanager
+def no_space_is_exit_73(where: Path) -> Iterator[None]:
+    """A disk that fills up after the free-space check is still 'no space' (exit 73), not a
+    crash; the caller discards what it wrote."""
+    try:
+        yield
+    except (OSError, duckdb.Error) as exc:
+        if not _is_no_space(exc):
+            raise
+        raise NoSpaceError(
+            f"{where}: the disk filled up while building the new database ({_first_line(exc)}); "
+            "nothing was published"
+        ) from None
 
 
 @dataclass
@@ -123,19 +159,21 @@ class StagedDatabase:
 
     def __init__(self, path: Path, user_type: str, item_type: str) -> None:
         self.path = path
-        self.con = duckdb.connect(str(path))
-        self.con.execute(f"create type user_key as {user_type}")
-        self.con.execute(f"create type item_key as {item_type}")
-        for ddl in sorted(DDL_DIR.glob("*.sql")):
-            self.con.execute(ddl.read_text())
+        with no_space_is_exit_73(path.parent):
+            self.con = duckdb.connect(str(path))
+            self.con.execute(f"create type user_key as {user_type}")
+            self.con.execute(f"create type item_key as {item_type}")
+            for ddl in sorted(DDL_DIR.glob("*.sql")):
+                self.con.execute(ddl.read_text())
 
     def write_batches(self, table: str, batches: Iterable[pa.Table]) -> int:
-        writer = ArrowWriter(self.con, table)
-        try:
-            for batch in batches:
-                writer.put(batch)
-        finally:
-            rows = writer.close()
+        with no_space_is_exit_73(self.path.parent):
+            writer = ArrowWriter(self.con, table)
+            try:
+                for batch in batches:
+                    writer.put(batch)
+            finally:
+                rows = writer.close()
         return rows
 
     def insert_frame(self, table: str, frame: pl.DataFrame) -> None:
@@ -146,8 +184,9 @@ class StagedDatabase:
         return self.con.sql(sql, params=params).fetchall()
 
     def close(self) -> None:
-        self.con.execute("checkpoint")
-        self.con.close()
+        with no_space_is_exit_73(self.path.parent):
+            self.con.execute("checkpoint")
+            self.con.close()
 
 
 class Warehouse:
@@ -158,43 +197,45 @@ class Warehouse:
     ) -> None:
         self.served = Path(database).resolve()
         self.dir = self.served.parent
-        self.lock_path = self.dir / "nightly.lock"
+        self.lock_path = lock_path(self.served)
         self.staging_dir = self.dir / ".staging"
         self.archive_dir = self.dir / "archive"
         self.ledger = Ledger(self.dir / f"{self.served.stem}.runs.jsonl")
         self.keep_archives = keep_archives
         self.free_space_factor = free_space_factor
-        self._lock_fd: int | None = None
+        self._lock: RunLock | None = None
 
     @contextlib.contextmanager
-    def lock(self, run_id: str) -> Iterator[Warehouse]:
-        """Hold `<dir>/nightly.lock` (non-blocking); clear what killed runs left behind."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    def lock(self, run_id: str | None = None) -> Iterator[str]:
+        """Hold `<dir>/nightly.lock` (non-blocking; exit 75 when held), clear what killed runs
+        left behind, and yield the run id: a new one is made only now, under the lock, so
+        that published run ids never go backwards however runs overlap."""
+        held = RunLock(self.lock_path)
+        held.acquire()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise AlreadyRunningError(
-                f"another run holds {self.lock_path} ({holder}); exiting"
-            ) from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}, run {run_id}\n".encode(), 0)
-            self._lock_fd = fd
+            self._lock = held
+            run_id = run_id or new_run_id(after=self.ledger.last_run_id())
+            held.note(f"run {run_id}")
             self.recover()
-            yield self
+            yield run_id
         finally:
-            self._lock_fd = None
-            os.close(fd)  # closing the descriptor releases the flock
+            self._lock = None
+            held.release()
 
     def recover(self) -> None:
-        """Under the lock: runs still 'running' are dead; their staging files are garbage."""
-        dead = [r for r in self.ledger.runs() if r.get("status") == "running"]
-        served = self.served_run_id() if dead else ""
+        """Under the lock, make the ledger and folders agree with the served file again after
+        a kill: runs still 'running' are dead (published if the served file is theirs, else
+        abandoned, and their archive copy goes: it was never served); a rollback killed after
+        its replace is recorded; staging files are garbage."""
+        served = self.served_row()
         for run_id in self.ledger.mark_abandoned(served):
             log.warning("run %s was abandoned (killed before finishing)", run_id)
+            (self.archive_dir / f"{run_id}.duckdb").unlink(missing_ok=True)
+        if served and self.ledger.served_run_id() != served["run_id"]:
+            log.warning("run %s is served but the ledger missed it (a rollback was killed after "
+                        "its replace); recording it", served["run_id"])  # fmt: skip
+            self.ledger.append(served["run_id"], event="rollback",
+                               message="found serving (recorded by the next run)")  # fmt: skip
         if self.staging_dir.exists():
             for leftover in self.staging_dir.iterdir():
                 log.info("clearing leftover %s", leftover)
@@ -202,6 +243,33 @@ class Warehouse:
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
                     leftover.unlink(missing_ok=True)
+
+    def record_if_served(self, run_id: str, message: str) -> bool:
+        """Record `run_id` as published if the served file is its (a run interrupted after
+        its replace); True when it was."""
+        try:
+            row = self.served_row()
+        except RecsysError:
+            return False
+        if row is None or row["run_id"] != run_id:
+            return False
+        self.ledger.record_published(row, message)
+        return True
+
+    def served_row(self) -> dict | None:
+        """The served run's own row of its `runs` table, or None when nothing readable is
+        served (a missing or damaged file is reported when a publish needs it)."""
+        try:
+            published = self.published()
+        except ServedBusyError:
+            raise
+        except (RecsysError, duckdb.Error) as exc:
+            log.warning("cannot read the served run (%s)", _first_line(exc))
+            return None
+        if published is None or not published.run_id:
+            return None
+        row = published.runs.filter(pl.col("run_id") == published.run_id).row(0, named=True)
+        return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
     def free_bytes(self) -> int:
         injected = os.environ.get(FREE_BYTES_ENV)
@@ -224,7 +292,12 @@ class Warehouse:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         path = self.staging_dir / f"{run_id}.duckdb"
         path.unlink(missing_ok=True)
-        return StagedDatabase(path, user_type, item_type)
+        try:
+            return StagedDatabase(path, user_type, item_type)
+        except BaseException:
+            for leftover in (path, path.with_name(path.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+            raise
 
     def discard(self, staged: StagedDatabase) -> None:
         with contextlib.suppress(duckdb.Error):
@@ -236,47 +309,99 @@ class Warehouse:
         """The run that built the served file ('' when none or unreadable)."""
         try:
             published = self.published()
-        except (RecsysError, duckdb.Error):
+        except (RecsysError, duckdb.Error, OSError):
             return ""
         return published.run_id if published else ""
+
+    def history(self) -> list[dict]:
+        """The ledger's runs as they stand now, oldest first, the served one flagged. Written
+        by nobody (a reader may not hold the lock): a run killed since the last run shows as
+        the next run will record it."""
+        runs = self.ledger.runs()
+        served = self.served_run_id()
+        alive = is_held(self.lock_path)
+        for run in runs:
+            run["served"] = run["run_id"] == served
+            if run.get("status") == "running" and not alive:
+                run["status"] = "published" if run["served"] else "abandoned"
+                run["message"] = "the process died (the next run will record it)"
+        return runs
 
     def published(self) -> Published | None:
         """The served run's history, or None before the first publish."""
         if not self.served.exists():
             return None
-        with open_read_only(self.served) as con:
-            runs = con.sql("select * from runs order by run_id").pl()
-            metrics = con.sql("select * from metrics").pl()
-            num_rows = con.sql("select count(*) from recommendations").fetchall()[0][0]
+        try:
+            with open_read_only(self.served) as con:
+                runs = con.sql("select * from runs order by run_id").pl()
+                metrics = con.sql("select * from metrics").pl()
+                num_rows = con.sql("select count(*) from recommendations").fetchall()[0][0]
+        except (MissingInputError, duckdb.Error) as exc:
+            # Not publishing over it: the gate has nothing to compare with, and the operator
+            # should see this. Rollback does not read it, so it is the way out.
+            what = (
+                str(exc)
+                if isinstance(exc, RecsysError)
+                else f"{self.served}: cannot read it as a published database ({_first_line(exc)})"
+            )
+            raise MissingInputError(
+                f"{what}; serve an archived run again with `recsys rollback RUN_ID` "
+                f"(archived: {', '.join(self.archived_runs()) or 'none'})"
+            ) from None
         own = runs.filter(pl.col("status") == "published")
         run_id = own["run_id"][-1] if own.height else ""
         return Published(run_id, runs, metrics, int(num_rows))
 
     def publish(self, staged: StagedDatabase, run_id: str) -> None:
         """Archive the closed staged file, then atomically make it the served one."""
-        fsync_path(staged.path)
         self.archive_dir.mkdir(parents=True, exist_ok=True)
         archived = self.archive_dir / f"{run_id}.duckdb"
-        archived.unlink(missing_ok=True)
         try:
-            os.link(staged.path, archived)
-        except OSError:  # filesystems without hard links: a copy costs space, not safety
-            shutil.copy2(staged.path, archived)
-        fsync_path(self.archive_dir)
-        self._replace(staged.path)
-        self.prune_archives()
+            with no_space_is_exit_73(self.dir):
+                fsync_path(staged.path)
+                archived.unlink(missing_ok=True)
+                try:
+                    os.link(staged.path, archived)
+                except OSError as exc:  # no hard links here: a copy costs space, not safety
+                    if _is_no_space(exc):
+                        raise
+                    shutil.copy2(staged.path, archived)
+                fsync_path(self.archive_dir)
+            faults.point("archived")
+            self._replace(staged.path)
+        except BaseException:
+            archived.unlink(missing_ok=True)  # only served runs are archived
+            raise
+        try:
+            self.prune_archives()
+        except OSError as exc:  # published already; the next publish prunes again
+            log.warning("%s: pruning old archives failed (%s)", self.archive_dir, exc)
 
-    def rollback(self, run_id: str) -> None:
-        """Serve an archived run again, by the same atomic replace."""
+    def rollback(self, run_id: str) -> str:
+        """Serve archived run `run_id` again by the same atomic replace; returns the run it
+        replaced. Recorded in the ledger (recovery records it if killed before that)."""
         archived = self.archive_dir / f"{run_id}.duckdb"
         if not archived.exists():
             kept = ", ".join(self.archived_runs()) or "none"
-            raise RecsysError(f"run {run_id} is not in {self.archive_dir} (archived runs: {kept})")
+            raise MissingInputError(
+                f"run {run_id} is not in {self.archive_dir} (archived runs: {kept})"
+            )
+        with open_read_only(archived) as con:  # refuse a damaged archive before swapping it in
+            found = con.sql("select distinct run_id from recommendations").fetchall()
+        if [r[0] for r in found] != [run_id]:
+            raise RecsysError(
+                f"{archived}: holds runs {sorted(r[0] for r in found)}, expected only {run_id}; not served"
+            )
+        previous = self.served_run_id()
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         candidate = self.staging_dir / f"rollback-{run_id}.duckdb"
         candidate.unlink(missing_ok=True)
         os.link(archived, candidate)
         self._replace(candidate)
+        faults.point("published")
+        self.ledger.append(run_id, event="rollback", rolled_back_from=previous,
+                           message=f"served again by rollback (replacing run {previous or 'none'})")  # fmt: skip
+        return previous
 
     def archived_runs(self) -> list[str]:
         if not self.archive_dir.exists():
@@ -284,6 +409,8 @@ class Warehouse:
         return sorted(p.stem for p in self.archive_dir.glob("*.duckdb"))
 
     def prune_archives(self) -> None:
+        """Keep the newest `keep_archives` runs; served files are hard links, so the served
+        run stays readable even when its archive entry goes."""
         for run_id in self.archived_runs()[: -self.keep_archives or None]:
             (self.archive_dir / f"{run_id}.duckdb").unlink(missing_ok=True)
 
@@ -291,6 +418,10 @@ class Warehouse:
         wal = self.served.with_name(self.served.name + ".wal")
         if wal.exists():  # a crashed read-write opener's WAL would not match the new file
             log.warning("%s: moving aside a stale WAL before publishing", wal)
-            os.replace(wal, wal.with_name(wal.name + ".stale"))
+            move_aside(wal)
         os.replace(new_file, self.served)
-        fsync_path(self.dir)
+        # Published from here on: what follows must not turn this into a failed run.
+        try:
+            fsync_path(self.dir)
+        except OSError as exc:
+            log.warning("%s: fsync after publishing failed (%s)", self.dir, exc)
