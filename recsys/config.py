@@ -77,7 +77,8 @@ class ModelConfig:
     candidates: list[str] = field(default_factory=lambda: ["popularity", "mf_bias", "bpr"])
     selection_metric: str = "ndcg"
     selection_k: int = 10
-    dim: int = 64
+    # Embedding size for every model that has one; 0 = each model's own default.
+    dim: int = 0
     # Refit the chosen model on all interactions before scoring.
     refit: bool = True
     # Per-model hyper-parameters, e.g. [model.params.bpr] dim = 128, lr = 0.01.

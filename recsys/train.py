@@ -152,7 +152,11 @@ def _fit(
 
     device = settings.device
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
+    optimizer = make_optimizer(model, settings.batch_size)
+    # lr_decay < 1 shrinks the step each epoch, so the last epochs only refine.
+    schedule = torch.optim.lr_scheduler.ExponentialLR(
+        optimizer, gamma=float(hp.get("lr_decay", 1.0))
+    )
     max_epochs = int(epochs if epochs is not None else hp["epochs"])
     reg = float(hp.get("reg", 0.0))
     history: list[dict[str, float]] = []
@@ -201,6 +205,7 @@ def _fit(
             else:
                 stale += 1
         history.append(record)
+        schedule.step()
         log.debug(
             "%s epoch %d: %s",
             model.name,
@@ -214,6 +219,29 @@ def _fit(
     else:
         best_epoch = len(history)
     return FitResult(model.eval(), best_epoch, history, time.monotonic() - started)
+
+
+def make_optimizer(model: Recommender, batch_size: int) -> torch.optim.Optimizer:
+    """Adam by default. optimizer = "sgd" is Funk's SVD update: plain SGD where `lr` (and
+    `bias_lr` for parameters named *bias*) is the step per rating, as in the classic
+    per-rating loop; the loss is a batch mean, hence the batch_size / 2 scaling."""
+    hp = model.hparams
+    if hp.get("optimizer", "adam") == "adam":
+        return torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
+    if hp["optimizer"] != "sgd":
+        raise ConfigError(
+            f"model '{model.name}': unknown optimizer '{hp['optimizer']}' (expected adam or sgd)"
+        )
+    scale = batch_size / 2
+    biases = [p for name, p in model.named_parameters() if "bias" in name]
+    others = [p for name, p in model.named_parameters() if "bias" not in name]
+    bias_lr = float(hp.get("bias_lr", hp["lr"]))
+    return torch.optim.SGD(
+        [
+            {"params": others, "lr": float(hp["lr"]) * scale},
+            {"params": biases, "lr": bias_lr * scale},
+        ]
+    )
 
 
 def _batch_loss(

@@ -27,6 +27,8 @@ class MF(Recommender):
         "epochs": 40,
         "init_std": 0.1,
         "negatives": 1,
+        "optimizer": "adam",
+        "lr_decay": 1.0,
     }
 
     def __init__(self, num_users: int, num_items: int, **hparams: Any) -> None:
