@@ -93,7 +93,7 @@ def test_rating_models_recover_planted_preferences_and_not_noise(name: str) -> N
                        rating_signal=signal, seed=4)  # fmt: skip
         inter = interactions_from_frame(data.interactions, "planted", ColumnsConfig(), DataConfig())
         train, test = random_split(inter, 0.2, seed=0)
-        model = build_model(name, inter.num_users, inter.num_items, dim=16, epochs=30)
+        model = build_model(name, inter.num_users, inter.num_items, dim=16)  # default epochs
         fit(model, train, None, settings)
         u, i = test.frame["user_idx"].to_numpy(), test.frame["item_idx"].to_numpy()
         in_cluster = (
