@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 # mse: squared error on ratings. bpr, bce, softmax: ranking from positives and sampled
 # negatives (pairwise, pointwise, and listwise over the positive and its negatives).
 # logloss: binary cross-entropy on each rated row's own label, rating >= positive_threshold.
-LOSSES = ("mse", "bpr", "bce", "softmax", "logloss")
+# ials: the implicit-ALS objective (Hu, Koren & Volinsky 2008) for any model with a linear
+#   form: (1 + alpha)(s - 1)^2 on positives and unobserved_weight * s^2 on *every* other
+#   (user, item) pair, the latter exactly through Gramians: sum_ui s_ui^2 = <U'U, I'I>.
+LOSSES = ("mse", "bpr", "bce", "softmax", "logloss", "ials")
 POINTWISE = ("mse", "logloss")
+NO_NEGATIVES = (*POINTWISE, "ials")
 
 
 @dataclass
@@ -183,6 +187,7 @@ def _fit(
                 int(hp.get("negatives", 1)),
                 reg,
                 device,
+                n,
             )
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -255,7 +260,10 @@ def _batch_loss(
     negatives: int,
     reg: float,
     device: torch.device,
+    num_positives: int,
 ) -> torch.Tensor:
+    if loss_name == "ials":
+        return _ials_loss(model, u.to(device), i.to(device), num_positives, reg)
     if loss_name in POINTWISE:
         u, i, r = u.to(device), i.to(device), r.to(device)
         out, penalty = model.forward_with_penalty(u, i)
@@ -281,6 +289,19 @@ def _batch_loss(
             pos, torch.ones_like(pos)
         ) + negatives * F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
     return data_loss + reg * (pos_penalty + neg_penalty / negatives) / u.numel()
+
+
+def _ials_loss(model: Recommender, u: torch.Tensor, i: torch.Tensor, num_positives: int, reg: float) -> torch.Tensor:
+    """One batch's share of the iALS objective, normalised per positive."""
+    factors = model.factors()
+    if factors is None:
+        raise ConfigError(f"model '{model.name}' has no linear form; loss ials needs one (use bce or bpr)")
+    hp = model.hparams
+    pos, penalty = model.forward_with_penalty(u, i)  # (B,)
+    w_pos, w_all = 1.0 + float(hp["alpha"]), float(hp["unobserved_weight"])
+    gram = ((factors.user.T @ factors.user) * (factors.item.T @ factors.item)).sum()  # sum_ui s_ui^2
+    data = (w_pos * (pos - 1).pow(2) - w_all * pos.pow(2)).mean() + w_all * gram / num_positives
+    return data + reg * penalty / u.numel()
 
 
 def _validation_loss(

@@ -40,6 +40,9 @@ class FM(Recommender):
         "epochs": 40,
         "init_std": 0.05,
         "negatives": 4,
+        # loss ials: extra weight of observed pairs, weight of every unobserved one
+        "alpha": 1.0,
+        "unobserved_weight": 1.0,
     }
 
     def __init__(

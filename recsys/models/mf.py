@@ -29,6 +29,9 @@ class MF(Recommender):
         "negatives": 1,
         "optimizer": "adam",
         "lr_decay": 1.0,
+        # loss ials: extra weight of observed pairs, weight of every unobserved one
+        "alpha": 1.0,
+        "unobserved_weight": 1.0,
     }
 
     def __init__(self, num_users: int, num_items: int, **hparams: Any) -> None:
