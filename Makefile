@@ -27,5 +27,10 @@ format: install
 	$(BIN)/ruff format recsys jobs tests benchmarks
 	$(BIN)/ruff check --fix recsys jobs tests benchmarks
 
+# Quality on MovieLens-100K (needs ../shared/data/ml-100k): writes benchmarks/QUALITY.md.
+quality: install
+	PIP_CONSTRAINT=constraints.txt $(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/quality.py
+
 clean:
 	rm -rf $(VENV) warehouse *.egg-info .pytest_cache .ruff_cache

@@ -291,15 +291,21 @@ def _batch_loss(
     return data_loss + reg * (pos_penalty + neg_penalty / negatives) / u.numel()
 
 
-def _ials_loss(model: Recommender, u: torch.Tensor, i: torch.Tensor, num_positives: int, reg: float) -> torch.Tensor:
+def _ials_loss(
+    model: Recommender, u: torch.Tensor, i: torch.Tensor, num_positives: int, reg: float
+) -> torch.Tensor:
     """One batch's share of the iALS objective, normalised per positive."""
     factors = model.factors()
     if factors is None:
-        raise ConfigError(f"model '{model.name}' has no linear form; loss ials needs one (use bce or bpr)")
+        raise ConfigError(
+            f"model '{model.name}' has no linear form; loss ials needs one (use bce or bpr)"
+        )
     hp = model.hparams
     pos, penalty = model.forward_with_penalty(u, i)  # (B,)
     w_pos, w_all = 1.0 + float(hp["alpha"]), float(hp["unobserved_weight"])
-    gram = ((factors.user.T @ factors.user) * (factors.item.T @ factors.item)).sum()  # sum_ui s_ui^2
+    gram = (
+        (factors.user.T @ factors.user) * (factors.item.T @ factors.item)
+    ).sum()  # sum_ui s_ui^2
     data = (w_pos * (pos - 1).pow(2) - w_all * pos.pow(2)).mean() + w_all * gram / num_positives
     return data + reg * penalty / u.numel()
 

@@ -18,7 +18,6 @@ def _table() -> pl.DataFrame:
     return pl.DataFrame(
         {
             "id": [1, 2, 3, 4],
-            "title": ["A", "B", "C", "D"],
             "genres": ["x|y", "y", "", None],
             "kind": ["a", "b", "a", "a"],
             "age": [10.0, 20.0, 30.0, None],

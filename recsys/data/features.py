@@ -27,6 +27,7 @@ KINDS = ("categorical", "multi", "numeric")
 # Auto-detection: text columns with at most this share of distinct values are categorical.
 MAX_CATEGORICAL_SHARE = 0.5
 MAX_CATEGORICAL_VALUES = 1000
+MIN_CATEGORICAL_VALUES = 20  # small tables: up to this many values is categorical anyway
 
 
 @dataclass
@@ -109,7 +110,9 @@ def detect_kinds(frame: pl.DataFrame, separator: str) -> dict[str, str]:
             kinds[name] = "multi"
         elif text.cast(pl.Float64, strict=False).null_count() == 0:
             kinds[name] = "numeric"
-        elif text.n_unique() <= min(MAX_CATEGORICAL_VALUES, MAX_CATEGORICAL_SHARE * text.len()):
+        elif text.n_unique() <= min(
+            MAX_CATEGORICAL_VALUES, max(MIN_CATEGORICAL_VALUES, MAX_CATEGORICAL_SHARE * text.len())
+        ):
             kinds[name] = "categorical"
     return kinds
 
