@@ -74,7 +74,9 @@ class DataConfig:
 class ModelConfig:
     # A registered model name, or "auto" to train `candidates` and serve the best.
     name: str = "auto"
-    candidates: list[str] = field(default_factory=lambda: ["popularity", "mf_bias", "bpr"])
+    candidates: list[str] = field(
+        default_factory=lambda: ["popularity", "mf_bias", "ials", "fm", "deepfm"]
+    )
     selection_metric: str = "ndcg"
     selection_k: int = 10
     # Embedding size for every model that has one; 0 = each model's own default.

@@ -11,15 +11,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
 import torch
 
 from recsys import __version__, faults, gate, logs
 from recsys.checkpoint import TrainedModel
 from recsys.config import Config
-from recsys.data.idmap import IdMap
 from recsys.data.split import temporal_split
 from recsys.dataset import Dataset, load_dataset
 from recsys.errors import ConfigError, DataError, QualityGateError
@@ -29,7 +26,8 @@ from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
 from recsys.models import build_model, model_class
 from recsys.models.base import Recommender
 from recsys.models.fm import feature_args
-from recsys.score import SeenMatrix, TopN, resolve_device, scorer_for, similar_items_scorer, top_n
+from recsys.recommend import recommendation_batches, similar_item_batches
+from recsys.score import SeenMatrix, resolve_device
 from recsys.train import TrainSettings, fit
 from recsys.warehouse import StagedDatabase, Warehouse, duckdb_type
 
@@ -205,38 +203,6 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
 # ----------------------------------------------------------------------- score + publish
 
 
-def constant_column(value: str, n: int) -> pa.Array:
-    """A string column of one repeated value, as a dictionary array (no n-string copies)."""
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([value]))
-
-
-def topn_batch(
-    chunk: TopN,
-    queries: IdMap,
-    keys: IdMap,
-    names: tuple[str, str],
-    run_id: str,
-    source: str | None = None,
-) -> pa.Table:
-    """One chunk as Arrow rows (query_id, rank, key_id, score, [source,] run_id), invalid
-    (excluded) slots dropped, IDs decoded to their raw form."""
-    width = chunk.key_idx.shape[1]
-    valid = np.arange(width)[None, :] < chunk.counts[:, None]  # (B, N)
-    n = int(valid.sum())
-    columns = {
-        names[0]: queries.decode_arrow(np.repeat(chunk.query_idx, chunk.counts)),
-        "rank": pa.array(
-            np.broadcast_to(np.arange(1, width + 1, dtype=np.int32), valid.shape)[valid]
-        ),
-        names[1]: keys.decode_arrow(chunk.key_idx[valid]),
-        "score": pa.array(chunk.score[valid]),
-    }
-    if source is not None:
-        columns["source"] = constant_column(source, n)
-    columns["run_id"] = constant_column(run_id, n)
-    return pa.table(columns)
-
-
 def stage_results(
     trained: TrainedModel,
     config: Config,
@@ -255,24 +221,15 @@ def stage_results(
     )
     try:
         with timer.phase("score"):
-            scorer = scorer_for(trained.model, device, _dtype(config.scoring.dtype))
-            chunks = top_n(
-                scorer,
+            batches = recommendation_batches(
+                trained,
                 top,
-                trained.seen,
-                device=device,
-                budget_bytes=config.scoring.memory_budget_bytes,
-                what="scoring users",
+                run_id,
+                device,
+                _dtype(config.scoring.dtype),
+                config.scoring.memory_budget_bytes,
             )
-            num_rows = staged.write_batches(
-                "recommendations",
-                (
-                    topn_batch(
-                        c, trained.users, trained.items, ("user_id", "item_id"), run_id, "model"
-                    )
-                    for c in chunks
-                ),
-            )
+            num_rows = staged.write_batches("recommendations", batches)
         with timer.phase("similar_items"):
             num_similar = _stage_similar_items(staged, trained, config, run_id, device)
         staged.insert_frame("items", trained.catalogue)
@@ -293,16 +250,8 @@ def _stage_similar_items(
             "disabled" if n <= 0 else f"{trained.model.name} has no item vectors",
         )
         return 0
-    scorer = similar_items_scorer(trained.model, device)
-    chunks = top_n(scorer, n, SeenMatrix.identity(len(trained.items)), device=device,
-                   budget_bytes=config.scoring.memory_budget_bytes, what="similar items")  # fmt: skip
-    return staged.write_batches(
-        "similar_items",
-        (
-            topn_batch(c, trained.items, trained.items, ("item_id", "similar_item_id"), run_id)
-            for c in chunks
-        ),
-    )
+    batches = similar_item_batches(trained, n, run_id, device, config.scoring.memory_budget_bytes)
+    return staged.write_batches("similar_items", batches)
 
 
 def _dtype(name: str) -> torch.dtype:

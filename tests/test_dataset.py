@@ -23,11 +23,25 @@ def _config(tmp_path: Path, users: str | None = None, items: str | None = None) 
     return config
 
 
-def test_feature_rows_for_unknown_ids_are_ignored(tmp_path: Path) -> None:
+def test_users_with_features_only_join_as_cold_users(tmp_path: Path) -> None:
     config = _config(tmp_path, users="user_id,group\n1,a\n2,b\n3,a\n99,c\n")
     dataset = load_dataset(config)
-    assert dataset.interactions.num_users == 3  # user 99 has features but no interactions
-    assert dataset.user_features.index.shape[:2] == (3, 2)  # id + group
+    assert dataset.interactions.users.to_list() == [1, 2, 3, 99]  # 99: features, no interactions
+    assert len(dataset.interactions) == 4
+    features = dataset.user_features
+    assert features.index.shape[:2] == (4, 2)  # id + group
+    assert features.weight[3, 0].sum() == 0  # no trained ID vector for the cold user
+    assert features.weight[3, 1, 0] == 1  # but its group
+
+
+def test_users_to_score_and_type_mismatch(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    (tmp_path / "score.csv").write_text("user_id\n1\n500\n")
+    config.source.users_to_score = str(tmp_path / "score.csv")
+    assert load_dataset(config).interactions.users.to_list() == [1, 2, 3, 500]
+    (tmp_path / "score.csv").write_text("user_id\nbob\n")
+    with pytest.raises(DataError, match="user ID 'bob' is text but .* has integer user IDs"):
+        load_dataset(config)
 
 
 def test_feature_table_sharing_no_ids_is_refused(tmp_path: Path) -> None:

@@ -148,12 +148,15 @@ def encode_side(
     config: FeaturesConfig,
     side: str,
     vocab: list[FieldVocab] | None = None,
+    active: np.ndarray | None = None,
 ) -> SideFeatures:
     """Encode `table` for the entities of `ids` (one row per entity, in index order).
 
     Without `vocab` the value vocabularies are learned from `table` (training); with it,
     values not in it map to the unknown slot (scoring new data with an old model).
     Entities missing from the table get unknown values; table rows for other IDs are ignored.
+    `active` marks entities with interactions; the others (cold users, new items) get no ID
+    field (weight 0), since their ID vector was never trained: they are their features.
     """
     n = len(ids)
     fields = [FieldVocab(f"{side}_id", "id", count=n)]
@@ -177,7 +180,10 @@ def encode_side(
         field_vocab = known.get(name) or _learn_vocab(name, kind, values, config)
         fields.append(field_vocab)
         columns.append(_encode_values(field_vocab, values, config.separator))
-    return _pack(fields, columns)
+    packed = _pack(fields, columns)
+    if active is not None:
+        packed.weight[~active, 0, :] = 0.0
+    return packed
 
 
 def _learn_vocab(name: str, kind: str, values: pl.Series, config: FeaturesConfig) -> FieldVocab:

@@ -10,12 +10,12 @@ from recsys.errors import ConfigError
 from recsys.models.base import Factors, Recommender
 from recsys.models.deepfm import DeepFM
 from recsys.models.fm import FM
-from recsys.models.mf import BPRMF, MF
+from recsys.models.mf import BPRMF, IALSMF, MF
 from recsys.models.mf_bias import BiasedMF
 from recsys.models.popularity import Popularity
 
 REGISTRY: dict[str, type[Recommender]] = {
-    cls.name: cls for cls in (MF, BiasedMF, BPRMF, Popularity, FM, DeepFM)
+    cls.name: cls for cls in (MF, BiasedMF, BPRMF, IALSMF, Popularity, FM, DeepFM)
 }
 
 

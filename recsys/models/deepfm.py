@@ -17,7 +17,16 @@ from recsys.models.fm import FM
 
 class DeepFM(FM):
     name: ClassVar[str] = "deepfm"
-    DEFAULTS: ClassVar[dict[str, Any]] = {**FM.DEFAULTS, "hidden": [64, 32], "dropout": 0.1}
+    # The MLP has no linear form, so DeepFM learns from sampled negatives (BCE) instead of ials.
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        **FM.DEFAULTS,
+        "dim": 32,
+        "loss": "bce",
+        "reg": 0.0005,
+        "epochs": 40,
+        "hidden": [64, 32],
+        "dropout": 0.1,
+    }
 
     def __init__(self, num_users: int, num_items: int, **kwargs: Any) -> None:
         super().__init__(num_users, num_items, **kwargs)

@@ -51,7 +51,7 @@ class FieldBags(nn.Module):
 
     def lookup(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature ids and weights (B, F, S) of `rows`; row -1 is an entity the model has
-        never seen: every field at its shared unknown slot."""
+        never seen: no ID vector, every feature field at its shared unknown slot."""
         unknown = rows < 0
         if not unknown.any():
             return self.index[rows], self.weight[rows]
@@ -59,7 +59,7 @@ class FieldBags(nn.Module):
         index, weight = self.index[safe].clone(), self.weight[safe].clone()
         index[unknown] = self.field_offsets[:, None].expand(-1, index.shape[2])
         weight[unknown] = 0.0
-        weight[unknown, :, 0] = 1.0
+        weight[unknown, 1:, 0] = 1.0  # no ID vector (field 0): like a cold entity
         return index, weight
 
     def encode(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,171 @@
+"""From a trained model to published rows: every user's top-N and every item's similar items,
+as Arrow batches in ID order.
+
+Each user's list comes from one of three paths, recorded in the `source` column:
+- model: users with interactions, scored by the trained model;
+- features: users without interactions, scored from their side features (FM, DeepFM);
+- popularity: users without interactions when the model has no features, or users known only
+  from the users-to-score list: the most popular items.
+Items without interactions are left out when the model has no features to score them by.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from recsys.checkpoint import TrainedModel
+from recsys.data.idmap import IdMap
+from recsys.score import BlockScorer, SeenMatrix, TopN, scorer_for, similar_items_scorer, top_n
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("model", "features", "popularity")
+MODEL, FEATURES, POPULARITY = range(3)
+
+
+def user_routes(trained: TrainedModel) -> np.ndarray:
+    """(num_users,) int8: which path serves each user."""
+    warm = np.diff(trained.seen.indptr) > 0
+    cold = FEATURES if trained.model.uses_features else POPULARITY
+    return np.where(warm, MODEL, cold).astype(np.int8)
+
+
+def scorable_items(trained: TrainedModel) -> np.ndarray:
+    """(num_items,) bool: items the model can score (all of them, for feature models)."""
+    counts = trained.catalogue["num_interactions"].to_numpy()
+    return np.ones(len(counts), dtype=bool) if trained.model.uses_features else counts > 0
+
+
+class RoutedScorer(BlockScorer):
+    """The model's scores for routed-to-model (or -features) users, the popularity vector for
+    the rest, and -inf for items no one may be recommended."""
+
+    def __init__(
+        self,
+        primary: BlockScorer,
+        popularity: np.ndarray,
+        routes: np.ndarray,
+        allowed: np.ndarray,
+        device: torch.device,
+    ) -> None:
+        self.primary = primary
+        self.num_queries, self.num_keys = primary.num_queries, primary.num_keys
+        self.bytes_per_score = primary.bytes_per_score
+        self.popularity = torch.as_tensor(popularity, dtype=torch.float32, device=device)  # (I,)
+        self.fallback = torch.as_tensor(routes == POPULARITY, device=device)  # (Q,)
+        self.blocked = torch.as_tensor(~allowed, device=device)  # (I,)
+        self.any_fallback, self.any_blocked = bool(self.fallback.any()), bool(self.blocked.any())
+
+    def score(self, rows: torch.Tensor) -> torch.Tensor:
+        scores = self.primary.score(rows)  # (B, I)
+        if self.any_fallback:
+            use = self.fallback[rows]
+            if bool(use.any()):
+                scores[use] = self.popularity
+        if self.any_blocked:
+            scores[:, self.blocked] = float("-inf")
+        return scores
+
+
+def recommendation_batches(
+    trained: TrainedModel,
+    top: int,
+    run_id: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    budget_bytes: int,
+) -> Iterator[pa.Table]:
+    routes = user_routes(trained)
+    allowed = scorable_items(trained)
+    counts = np.bincount(routes, minlength=len(SOURCES))
+    log.info(
+        "lists by path: %s", ", ".join(f"{SOURCES[i]} {counts[i]}" for i in range(len(SOURCES)))
+    )
+    if (~allowed).any():
+        log.info(
+            "%d items without interactions left out: %s has no features to score them by",
+            int((~allowed).sum()),
+            trained.model.name,
+        )
+    popularity = np.log1p(trained.catalogue["num_interactions"].to_numpy().astype(np.float32))
+    scorer = RoutedScorer(
+        scorer_for(trained.model, device, dtype), popularity, routes, allowed, device
+    )
+    chunks = top_n(
+        scorer, top, trained.seen, device=device, budget_bytes=budget_bytes, what="scoring users"
+    )
+    for chunk in chunks:
+        yield topn_batch(
+            chunk,
+            trained.users,
+            trained.items,
+            ("user_id", "item_id"),
+            run_id,
+            routes[chunk.query_idx],
+        )
+
+
+def similar_item_batches(
+    trained: TrainedModel, n: int, run_id: str, device: torch.device, budget_bytes: int
+) -> Iterator[pa.Table]:
+    """Items whose vectors the model learned, against each other (itself excluded)."""
+    allowed = scorable_items(trained)
+    queries = np.flatnonzero(allowed)
+    scorer = similar_items_scorer(trained.model, device)
+    blocked = SeenMatrix.identity(len(trained.items))
+    if (~allowed).any():  # untrained item vectors are neither queries nor answers
+        scorer = RoutedScorer(
+            scorer, np.zeros(len(allowed)), np.zeros(len(allowed), np.int8), allowed, device
+        )
+    chunks = top_n(
+        scorer,
+        n,
+        blocked,
+        queries=queries,
+        device=device,
+        budget_bytes=budget_bytes,
+        what="similar items",
+    )
+    for chunk in chunks:
+        yield topn_batch(
+            chunk, trained.items, trained.items, ("item_id", "similar_item_id"), run_id
+        )
+
+
+def constant_column(value: str, n: int) -> pa.Array:
+    """A string column of one repeated value, as a dictionary array (no n-string copies)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([value]))
+
+
+def topn_batch(
+    chunk: TopN,
+    queries: IdMap,
+    keys: IdMap,
+    names: tuple[str, str],
+    run_id: str,
+    routes: np.ndarray | None = None,
+) -> pa.Table:
+    """One chunk as Arrow rows (query_id, rank, key_id, score, [source,] run_id), invalid
+    (excluded) slots dropped, IDs decoded to their raw form. `routes` gives each query's path."""
+    width = chunk.key_idx.shape[1]
+    valid = np.arange(width)[None, :] < chunk.counts[:, None]  # (B, N)
+    n = int(valid.sum())
+    columns = {
+        names[0]: queries.decode_arrow(np.repeat(chunk.query_idx, chunk.counts)),
+        "rank": pa.array(
+            np.broadcast_to(np.arange(1, width + 1, dtype=np.int32), valid.shape)[valid]
+        ),
+        names[1]: keys.decode_arrow(chunk.key_idx[valid]),
+        "score": pa.array(chunk.score[valid]),
+    }
+    if routes is not None:
+        columns["source"] = pa.DictionaryArray.from_arrays(
+            pa.array(np.repeat(routes, chunk.counts)), pa.array(SOURCES)
+        )
+    columns["run_id"] = constant_column(run_id, n)
+    return pa.table(columns)
