@@ -31,6 +31,9 @@ class TrainedModel:
     items: IdMap
     seen: SeenMatrix  # (num_users rows) items each user interacted with in training
     catalogue: pl.DataFrame  # per item index: title, genres, num_interactions
+    # Each user's latest interactions (user_id, item_id, timestamp, recency 1 = latest),
+    # published for "because you liked" queries.
+    history: pl.DataFrame = field(default_factory=pl.DataFrame)
     metrics: list[Metric] = field(default_factory=list)
     selection: str = ""  # why this model was chosen
     source: str = ""
@@ -55,6 +58,7 @@ def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
         "seen_indptr": torch.from_numpy(trained.seen.indptr),
         "seen_indices": torch.from_numpy(trained.seen.indices),
         "catalogue": trained.catalogue.to_dict(as_series=False),
+        "history": trained.history.to_dict(as_series=False),
         "metrics": [[m.model, m.metric, m.k, m.value] for m in trained.metrics],
         "selection": trained.selection,
         "source": trained.source,
@@ -89,6 +93,7 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
             np.asarray(payload["seen_indptr"].numpy()), np.asarray(payload["seen_indices"].numpy())
         ),
         catalogue=pl.DataFrame(payload["catalogue"]),
+        history=pl.DataFrame(payload.get("history", {})),
         metrics=[Metric(*row) for row in payload["metrics"]],
         selection=payload["selection"],
         source=payload["source"],

@@ -121,6 +121,8 @@ class OutputConfig:
     # Free disk needed before writing, as a multiple of the served file's size.
     free_space_factor: float = 2.0
     log_dir: str = ""
+    # Latest interactions per user published in user_history (0 = none).
+    history_n: int = 20
 
 
 @dataclass

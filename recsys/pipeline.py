@@ -17,6 +17,7 @@ import torch
 from recsys import __version__, faults, gate, logs
 from recsys.checkpoint import TrainedModel
 from recsys.config import Config
+from recsys.data.interactions import Interactions
 from recsys.data.split import temporal_split
 from recsys.dataset import Dataset, load_dataset
 from recsys.errors import ConfigError, DataError, QualityGateError
@@ -166,6 +167,24 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
     return Comparison(all_metrics, scores, best, selection)
 
 
+def recent_history(data: Interactions, n: int) -> pl.DataFrame:
+    """Each user's latest `n` interactions with raw IDs; recency 1 is the latest."""
+    latest = (
+        data.frame.sort("timestamp", descending=True)
+        .with_columns(pl.int_range(1, pl.len() + 1).over("user_idx").alias("recency"))
+        .filter(pl.col("recency") <= n)
+        .sort("user_idx", "recency")
+    )
+    return pl.DataFrame(
+        {
+            "user_id": data.users.decode(latest["user_idx"].to_numpy()),
+            "item_id": data.items.decode(latest["item_idx"].to_numpy()),
+            "timestamp": latest["timestamp"],
+            "recency": latest["recency"].cast(pl.Int32),
+        }
+    )
+
+
 def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> TrainedModel:
     """Compare the candidates, then refit the winner on all interactions for the epochs
     early stopping chose (or keep it as trained on the split when model.refit is off)."""
@@ -192,6 +211,7 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
         items=data.items,
         seen=SeenMatrix(indptr, indices),
         catalogue=dataset.catalogue,
+        history=recent_history(data, config.output.history_n),
         metrics=comparison.metrics,
         selection=comparison.selection,
         source=data.source,
@@ -233,6 +253,8 @@ def stage_results(
         with timer.phase("similar_items"):
             num_similar = _stage_similar_items(staged, trained, config, run_id, device)
         staged.insert_frame("items", trained.catalogue)
+        if trained.history.height:
+            staged.insert_frame("user_history", trained.history)
         return staged, num_rows, num_similar
     except BaseException:
         warehouse.discard(staged)

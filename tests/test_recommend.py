@@ -69,7 +69,9 @@ def test_new_items_reach_lists_through_features(fm_cold) -> None:
     assert (recs["item_id"] > 108).any()  # items with no interactions, scored by their features
 
 
-def test_without_features_cold_users_get_popularity_and_new_items_are_left_out(tmp_path: Path) -> None:
+def test_without_features_cold_users_get_popularity_and_new_items_are_left_out(
+    tmp_path: Path,
+) -> None:
     _, config = _write_planted(tmp_path, cold_users=24, new_items=12)
     trained = _train(config, "ials")
     recs = _table(recommendation_batches(trained, 10, "r", CPU, torch.float32, 0))
@@ -101,7 +103,10 @@ def test_similar_items_come_from_the_planted_cluster_and_never_the_item(tmp_path
     similar = _table(similar_item_batches(trained, 5, "r", CPU, 0))
     assert similar.filter(pl.col("item_id") == pl.col("similar_item_id")).height == 0
     assert similar["item_id"].n_unique() == 120
-    same = data.item_cluster[similar["item_id"].to_numpy() - 1] == data.item_cluster[similar["similar_item_id"].to_numpy() - 1]
+    same = (
+        data.item_cluster[similar["item_id"].to_numpy() - 1]
+        == data.item_cluster[similar["similar_item_id"].to_numpy() - 1]
+    )
     assert same.mean() > 0.7  # chance is 1/6
 
 
@@ -116,4 +121,6 @@ def test_similar_items_equal_dense_cosine(tmp_path: Path) -> None:
     expected_items = trained.items.decode(idx.flatten().numpy()).to_list()
     got = similar.sort("item_id", "rank")
     assert got["similar_item_id"].to_list() == expected_items
-    np.testing.assert_allclose(got["score"].to_numpy(), values.flatten().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got["score"].to_numpy(), values.flatten().numpy(), rtol=1e-5, atol=1e-5
+    )

@@ -18,7 +18,9 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("sql")
     (tmp / "recsys.toml").write_text(FAST_CONFIG)
     db = tmp / "recs.duckdb"
-    result = run_cli("nightly", "--config", str(tmp / "recsys.toml"), "--database", str(db))
+    result = run_cli(
+        "nightly", "--config", str(tmp / "recsys.toml"), "--database", str(db), "--model", "ials"
+    )
     assert result.returncode == 0, result.stderr
     return db
 
