@@ -448,12 +448,10 @@ def select_candidates(
     ok = torch.isfinite(cut)
     cut = cut.to(scores.dtype).unsqueeze(1)  # (B, 1)
     in_groups = group_max >= cut  # (B, G1)
-    in_groups &= ok.unsqueeze(1)
-    per_row = in_groups.sum(dim=1)
-    too_many = per_row * g1 > max(num_keys // 4, 4 * k)
-    if bool(too_many.any()):
-        ok &= ~too_many
-        in_groups &= ~too_many.unsqueeze(1)
+    ok &= in_groups.sum(dim=1) * g1 <= max(num_keys // 4, 4 * k)  # else dense is cheaper
+    all_ok = bool(ok.all())
+    if not all_ok:
+        in_groups &= ok.unsqueeze(1)
     groups = _compact(in_groups, pad=0)  # (B, C1) group ids
     offsets = torch.arange(g1, device=scores.device) * num_groups  # (g1,)
     keys = (groups.unsqueeze(2) + offsets).view(num_rows, -1)  # (B, C1 * g1)
@@ -464,7 +462,9 @@ def select_candidates(
         tail = torch.arange(covered, num_keys, device=scores.device)
         keys = torch.cat([keys, tail.expand(num_rows, -1)], dim=1)
         values = torch.cat([values, scores[:, covered:]], dim=1)
-    keep = (values >= cut) & ok.unsqueeze(1)  # (B, C1 * g1 [+ tail])
+    keep = values >= cut  # (B, C1 * g1 [+ tail])
+    if not all_ok:
+        keep &= ok.unsqueeze(1)
     pick = _compact(keep, pad=-1)  # (B, C2) positions, -1 = padding
     width = max(pick.shape[1], k)
     if width > pick.shape[1]:
