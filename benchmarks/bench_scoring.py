@@ -13,13 +13,14 @@ min(N, unseen) items).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import psutil
 import scipy.sparse as sp
 import torch
 
+from recsys import score
 from recsys.data.idmap import IdMap
 from recsys.pipeline import topn_batch
 from recsys.score import (
@@ -130,7 +132,15 @@ class PeakMemory:
 # ------------------------------------------------------------------------------- methods
 
 
-def ours(case: Case, device: torch.device, dtype: torch.dtype, n: int, users: int = 0):
+def ours(
+    case: Case,
+    device: torch.device,
+    dtype: torch.dtype,
+    n: int,
+    users: int = 0,
+    budget: int = 0,
+    workers: int = 0,
+):
     """The nightly path: top_n chunks -> Arrow batches with raw IDs (topn_batch)."""
     user = torch.from_numpy(case.user).to(device)
     item = torch.from_numpy(case.item).to(device)
@@ -139,7 +149,8 @@ def ours(case: Case, device: torch.device, dtype: torch.dtype, n: int, users: in
     queries = np.arange(users or case.num_users, dtype=np.int64)
     kept: dict[int, np.ndarray] = {}
     wanted = set(case.sample.tolist())
-    for chunk in top_n(scorer, n, seen, queries, device=device, what="bench"):
+    chunks = top_n(scorer, n, seen, queries, device, budget, what="bench", workers=workers)
+    for chunk in chunks:
         topn_batch(chunk, case.users, case.items, ("user_id", "item_id"), "bench", "model")
         for row, q in enumerate(chunk.query_idx):
             if int(q) in wanted:
@@ -454,6 +465,69 @@ def memory_scaling(case: Case, args: argparse.Namespace, device: torch.device) -
     ]
 
 
+def ablations(case: Case, args: argparse.Namespace, device: torch.device) -> list[str]:
+    """The engine with one choice undone at a time, interleaved, same data."""
+    n = args.n
+    rows = chunk_rows(case.num_items, device, 0)
+
+    def dense_topk():
+        with _patched(score, "group_sizes", lambda num_keys, k: None):
+            return ours(case, device, torch.float32, n)
+
+    def fresh_blocks():
+        original = FactorScorer.score_block
+        with _patched(FactorScorer, "score_block", lambda self, r, out=None: original(self, r)):
+            return ours(case, device, torch.float32, n)
+
+    variants: dict[str, Callable[[], object]] = {
+        f"as shipped (float32, {rows} users per chunk, {args.threads} workers)": lambda: ours(
+            case, device, torch.float32, n
+        ),
+        "dense torch.topk instead of select_candidates": dense_topk,
+        "a fresh score block per chunk (no out= buffer)": fresh_blocks,
+        f"one worker, torch intra-op team of {args.threads} threads": lambda: ours(
+            case, device, torch.float32, n, workers=1
+        ),
+        "64 users per chunk": lambda: ours(
+            case, device, torch.float32, n, budget=64 * case.num_items * BYTES_PER_SCORE
+        ),
+        "1,024 users per chunk": lambda: ours(
+            case, device, torch.float32, n, budget=1024 * case.num_items * BYTES_PER_SCORE
+        ),
+        "bfloat16 products + fp32 check": lambda: ours(case, device, torch.bfloat16, n),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, fn in variants.items():
+            elapsed, _, _ = timed(fn)
+            seconds[name].append(elapsed)
+            print(f"  ablation {name}: {elapsed:.2f} s", file=sys.stderr, flush=True)
+    shipped = min(next(iter(seconds.values())))
+    lines = [
+        f"\n### Ablations: {case.num_users:,} users x {case.num_items:,} items, top-{n} "
+        f"(best of {args.rounds} interleaved rounds; load average after: {_load()})\n",
+        "| engine variant | seconds (best; each round) | M pairs/s | time / as shipped |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, times in seconds.items():
+        each = "/".join(f"{t:.2f}" for t in times)
+        lines.append(
+            f"| {name} | {min(times):.2f} ({each}) | {case.pairs / min(times) / 1e6:,.1f} | "
+            f"{min(times) / shipped:.2f}x |"
+        )
+    return lines
+
+
+@contextlib.contextmanager
+def _patched(owner: object, name: str, value: object) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
 def _load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -484,6 +558,7 @@ def main() -> None:
     parser.add_argument("--memory-check", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--memory-check-pairs", type=float, default=2.5e9)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ablation-size", default="20000x20000", help="'' to skip")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -507,6 +582,12 @@ def main() -> None:
         case = make_case(num_users, num_items, args.dim, args.seen, args.seed)
         print(f"scoring {num_users:,} x {num_items:,} ...", file=sys.stderr, flush=True)
         for line in run_size(case, args, device):
+            print(line, flush=True)
+    if args.ablation_size:
+        ((num_users, num_items),) = parse_sizes(args.ablation_size)
+        case = make_case(num_users, num_items, args.dim, args.seen, args.seed)
+        print(f"ablations {num_users:,} x {num_items:,} ...", file=sys.stderr, flush=True)
+        for line in ablations(case, args, device):
             print(line, flush=True)
     print(f"\n- load average at end: {_load()}")
 

@@ -132,7 +132,9 @@ class FactorScorer(BlockScorer):
         # writes the block in the input dtype (oneDNN accumulates in fp32, then rounds once).
         self._fp32_out = self.approximate and self.query.is_cuda and _has_out_dtype(self.query)
         if self.approximate:
-            self._bound = _error_bound(self.query32, self.key32, self.dtype)  # (Q,)
+            # Without fp32 outputs, cuBLAS may also reduce in half precision.
+            accumulate = self.dtype if self.query.is_cuda and not self._fp32_out else None
+            self._bound = _error_bound(self.query32, self.key32, self.dtype, accumulate)  # (Q,)
 
     def score(self, rows: torch.Tensor) -> torch.Tensor:
         block = self.score_block(rows)
@@ -168,7 +170,12 @@ class FactorScorer(BlockScorer):
         return _ROUNDOFF[self.dtype] if self.block_dtype() != torch.float32 else 0.0
 
 
-def _error_bound(query: torch.Tensor, key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _error_bound(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    dtype: torch.dtype,
+    accumulate: torch.dtype | None = None,
+) -> torch.Tensor:
     """Per query (Q,): a bound on |half-precision block score - fp32 score| for every key.
 
     With q~ = q - dq and k~ = k - dk the rounded factors (dq, dk exact in fp32, underflow
@@ -176,16 +183,19 @@ def _error_bound(query: torch.Tensor, key: torch.Tensor, dtype: torch.dtype) -> 
     largest key norms; the fp32 sums of the block and of the rescoring (and the reference)
     each add at most gamma_D sum|q_d k_d| <= gamma_D |q| |k|. The block's own final rounding
     is accounted for in `select_candidates`. Inflated by 1% for this computation's rounding.
+    `accumulate`: the block's summation precision when it may not be fp32.
     """
     dim = query.shape[1]
     gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)
+    u_sum = _ROUNDOFF[accumulate] if accumulate is not None else 2.0**-24
+    gamma_block = dim * u_sum / (1 - dim * u_sum)
     q_low, k_low = query.to(dtype).float(), key.to(dtype).float()
     dq, dk = (query - q_low).norm(dim=1), (key - k_low).norm(dim=1)  # (Q,), (K,)
     if key.shape[0] == 0:
         return torch.zeros(query.shape[0], device=query.device)
     k_norm, k_low_norm, dk_max = key.norm(dim=1).max(), k_low.norm(dim=1).max(), dk.max()
     bound = dq * k_low_norm + q_low.norm(dim=1) * dk_max + dq * dk_max
-    bound += gamma * (q_low.norm(dim=1) * k_low_norm + 2 * query.norm(dim=1) * k_norm)
+    bound += gamma_block * q_low.norm(dim=1) * k_low_norm + gamma * 2 * query.norm(dim=1) * k_norm
     return bound * 1.01 + 1e-30
 
 
@@ -325,18 +335,21 @@ class _ChunkScorer:
         self.local = threading.local()
 
     def __call__(self, block: np.ndarray, single_thread: bool = False) -> TopN:
-        buffer = getattr(self.local, "buffer", None)
-        if buffer is None:
+        if not hasattr(self.local, "buffer"):
             if single_thread:
                 torch.set_num_threads(1)  # this thread's intra-op team; see top_n
-            # (B, K), reused: a fresh multi-MB block costs page faults on every chunk
-            buffer = torch.empty((self.max_rows, self.scorer.num_keys),
-                                 dtype=self.scorer.block_dtype(), device=self.device)  # fmt: skip
-            self.local.buffer = buffer
+            # (B, K), reused: on CPU a fresh multi-MB block costs page faults on every chunk;
+            # CUDA's caching allocator reuses blocks by itself.
+            self.local.buffer = None
+            if self.device.type == "cpu":
+                self.local.buffer = torch.empty((self.max_rows, self.scorer.num_keys),
+                                                dtype=self.scorer.block_dtype())  # fmt: skip
+        buffer = self.local.buffer
         with torch.no_grad():
             rows = torch.from_numpy(block).to(self.device)
             mask = self.seen.mask_ if self.seen is not None else None
-            values, idx = _chunk_top_k(self.scorer, rows, block, self.k, buffer[: len(block)], mask)
+            out = buffer[: len(block)] if buffer is not None else None
+            values, idx = _chunk_top_k(self.scorer, rows, block, self.k, out, mask)
             values_np = values.cpu().numpy()
         counts = np.isfinite(values_np).sum(axis=1) if self.k else np.zeros(len(block))
         return TopN(block, idx.to(torch.int32).cpu().numpy(), values_np, counts.astype(np.int64))
@@ -350,7 +363,7 @@ def _chunk_top_k(
     rows: torch.Tensor,
     block: np.ndarray,
     k: int,
-    out: torch.Tensor,
+    out: torch.Tensor | None,
     mask: Mask | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k (values (B, k) fp32 sorted, key indices (B, k)) of one chunk."""
