@@ -4,7 +4,7 @@ numpy, side by side in one process on the same factors and seen matrix (`make be
 Each method runs on the same synthetic factors and seen CSR, in interleaved rounds; the table
 keeps each method's best round (the machine is shared: see the load average printed with it).
 Timing is wall clock; "pairs/s" is users x items / seconds. Peak memory is the largest RSS
-above the process's RSS before the run, sampled every 10 ms. Results are checked against an
+above the process's RSS before the run, sampled every 10 ms (plus CUDA's peak allocation). Results are checked against an
 exact float64 top-N on sampled users: a method agrees when its items are the true top-N up to
 ties (every item it returns scores within 1e-4 relative of the N-th best, and it returns
 min(N, unseen) items).
@@ -108,6 +108,11 @@ class PeakMemory:
         self.peak = 0
 
     def __enter__(self) -> PeakMemory:
+        self.device_mb = 0.0
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.device_base = torch.cuda.memory_allocated()
         self.base = self.process.memory_info().rss
         self.peak = self.base
         self.stop = threading.Event()
@@ -123,6 +128,9 @@ class PeakMemory:
         self.stop.set()
         self.thread.join()
         self.peak = max(self.peak, self.process.memory_info().rss)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            self.device_mb = (torch.cuda.max_memory_allocated() - self.device_base) / 2**20
 
     @property
     def mb(self) -> float:
@@ -299,11 +307,12 @@ def check(case: Case, lists: dict[int, np.ndarray] | None, n: int) -> str:
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
+    """Seconds, peak MiB (host RSS, plus device memory on CUDA) and what `fn` returned."""
     with PeakMemory() as memory:
         start = time.perf_counter()
         value = fn()
         seconds = time.perf_counter() - start
-    return seconds, memory.mb, value
+    return seconds, memory.mb + memory.device_mb, value
 
 
 def run_size(case: Case, args: argparse.Namespace, device: torch.device) -> list[str]:
@@ -372,6 +381,12 @@ def run_size(case: Case, args: argparse.Namespace, device: torch.device) -> list
             lines.append(
                 f"- {name}: the bare matrix product ({floor}) takes "
                 f"{results[floor].best / r.best:.0%} of its time"
+            )
+        floor_topk = floor.replace("matmul", "matmul + dense topk")
+        if results[floor_topk].seconds:
+            lines.append(
+                f"- {name}: {r.best / results[floor_topk].best:.2f}x the time of the bare "
+                f"GEMM + dense topk floor ({floor_topk})"
             )
     if args.end_to_end and case.pairs <= args.end_to_end_pairs:
         lines += end_to_end(case, args, device)
@@ -497,6 +512,7 @@ def ablations(case: Case, args: argparse.Namespace, device: torch.device) -> lis
         "bfloat16 products + fp32 check": lambda: ours(case, device, torch.bfloat16, n),
     }
     seconds: dict[str, list[float]] = {name: [] for name in variants}
+    timed(lambda: ours(_subset(case, min(case.num_users, 2000)), device, torch.float32, n))  # warm
     for _ in range(args.rounds):
         for name, fn in variants.items():
             elapsed, _, _ = timed(fn)
