@@ -27,9 +27,9 @@ DEFAULT_CPU_BUDGET = 256 * 2**20
 GPU_BUDGET_FRACTION = 0.4
 # Scratch bytes per score: the block itself plus the dense top-k fallback's working copies.
 BYTES_PER_SCORE = 12
-# CPU chunks are capped so the fp32 score block stays near the last-level cache between the
-# product and the selection, yet big enough to amortise per-operation overhead (~250 users at
-# 20,000 items; 100 and 500 measured slower on the 2-core machine, see benchmarks/RESULTS.md).
+# CPU chunks are capped so each worker's fp32 score block stays near the last-level cache
+# between the product and the selection, yet amortises per-operation overhead (~260 users at
+# 20,000 items). benchmarks/RESULTS.md's ablation compares 64 and 1,024 users per chunk.
 CPU_BLOCK_BYTES = 20 * 2**20
 NEG_INF = float("-inf")
 
@@ -410,6 +410,7 @@ def _rescore(
     kth = approx[:, k - 1].float()
     cut = kth - roundoff * kth.abs() / (1 - roundoff) - 2 * slack  # (B,)
     reach = (approx.float() >= cut.unsqueeze(1)).sum(dim=1)  # a prefix of each sorted row
+    reach.masked_fill_(~torch.isfinite(kth), 0)  # rows left to the dense path: nothing
     width = max(int(reach.max()), k)
     keys = torch.gather(keys, 1, order[:, :width])
     exact = scorer.rescore(rows, keys)  # (B, C')
