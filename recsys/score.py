@@ -367,18 +367,21 @@ def _chunk_top_k(
     mask: Mask | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k (values (B, k) fp32 sorted, key indices (B, k)) of one chunk."""
+    approximate = isinstance(scorer, FactorScorer) and scorer.approximate
+    if approximate and group_sizes(scorer.num_keys, k) is None:
+        # small catalogue: no shortcut to rescore candidates from, so score in fp32 directly
+        scores = scorer.score_exact(rows)
+        if mask is not None:
+            mask(scores, block, rows)
+        values, idx = torch.topk(scores, k, dim=1, sorted=True)
+        return values, idx
     scores = scorer.score_block(rows, out)  # (B, K)
     if mask is not None:
         mask(scores, block, rows)
-    approximate = isinstance(scorer, FactorScorer) and scorer.approximate
     slack = scorer.error_bound(rows) if approximate else None
     roundoff = scorer.output_roundoff() if approximate else 0.0
     found = select_candidates(scores, k, slack, roundoff)
-    if found is None:  # catalogue too small for the shortcut: dense top-k
-        if approximate:
-            scores = scorer.score_exact(rows)
-            if mask is not None:
-                mask(scores, block, rows)
+    if found is None:  # catalogue too small for the shortcut: dense top-k (fp32 here)
         values, idx = torch.topk(scores, k, dim=1, sorted=True)
         return values.float(), idx
     keys, cand, ok = found  # (B, C), (B, C), (B,)
