@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= recsys.toml
+# `make bench SIZES=1000000x100000` for one size (e.g. on a GPU machine); BENCH_ARGS for more.
+SIZES ?= 943x1682,100000x20000,200000x50000
+BENCH_ARGS ?=
 
 .PHONY: install nightly test lint format bench quality clean
 
@@ -18,6 +21,11 @@ nightly: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Benchmark-only peers (implicit, faiss-cpu, psutil) come from the `bench` extra, never the tests.
+bench: install
+	PIP_CONSTRAINT=constraints.txt $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python benchmarks/bench_scoring.py --sizes $(SIZES) $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check recsys jobs tests benchmarks

@@ -90,7 +90,7 @@ def rating_section(dataset: Dataset, config: Config) -> list[str]:
         "|---|---|---|---|",
     ]
     for name in ("mf_bias", "mf"):
-        model, seconds = fit_early_stopped(
+        model, seconds, _ = fit_early_stopped(
             name, dataset, train, lambda t: random_split(t, 0.1, config.training.seed + 1), config
         )
         r = evaluate_ratings(model, test, CPU, 1.0, 5.0)
@@ -185,7 +185,7 @@ def auc_section(dataset: Dataset, config: Config) -> list[str]:
         "|---|---|---|",
     ]
     for name in ("mf", "fm", "deepfm"):
-        model, seconds = fit_early_stopped(
+        model, seconds, _ = fit_early_stopped(
             name,
             dataset,
             train,

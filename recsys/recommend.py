@@ -62,7 +62,9 @@ class RoutedScorer(BlockScorer):
         self.any_fallback, self.any_blocked = bool(self.fallback.any()), bool(self.blocked.any())
 
     def score(self, rows: torch.Tensor) -> torch.Tensor:
-        scores = self.primary.score(rows)  # (B, I)
+        # exact fp32 scores: the half-precision shortcut's rescoring knows nothing of routes
+        primary = self.primary
+        scores = primary.score_exact(rows) if primary.approximate else primary.score(rows)  # (B, I)
         if self.any_fallback:
             use = self.fallback[rows]
             if bool(use.any()):
@@ -93,9 +95,9 @@ def recommendation_batches(
             trained.model.name,
         )
     popularity = np.log1p(trained.catalogue["num_interactions"].to_numpy().astype(np.float32))
-    scorer = RoutedScorer(
-        scorer_for(trained.model, device, dtype), popularity, routes, allowed, device
-    )
+    scorer = scorer_for(trained.model, device, dtype)
+    if (routes == POPULARITY).any() or (~allowed).any():  # else the model's scorer as it is
+        scorer = RoutedScorer(scorer, popularity, routes, allowed, device)
     chunks = top_n(
         scorer, top, trained.seen, device=device, budget_bytes=budget_bytes, what="scoring users"
     )

@@ -1,14 +1,18 @@
 """The scoring engine: every query (user) against every key (item) in chunks, top-N on device.
 
-Per chunk: one dense score block (B, I), seen items set to -inf through a flat `index_fill_`,
-`torch.topk`, and one copy of (B, N) int32/float32 to the host. The full query x key matrix is
-never materialised; the chunk size comes from a memory budget.
+Per chunk: one dense score block (B, I) into a reused buffer, seen items set to -inf through a
+flat `index_fill_`, an exact threshold selection of the top-N (`select_candidates`), and one
+copy of (B, N) int32/float32 to the host. The full query x key matrix is never materialised.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +25,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CPU_BUDGET = 256 * 2**20
 GPU_BUDGET_FRACTION = 0.4
-# Scratch bytes per score: the block itself plus topk's working copies.
+# Scratch bytes per score: the block itself plus the dense top-k fallback's working copies.
 BYTES_PER_SCORE = 12
+# CPU chunks are capped so each worker's fp32 score block stays near the last-level cache
+# between the product and the selection, yet amortises per-operation overhead (~260 users at
+# 20,000 items). benchmarks/RESULTS.md's ablation compares 64 and 1,024 users per chunk.
+CPU_BLOCK_BYTES = 20 * 2**20
+NEG_INF = float("-inf")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -41,13 +50,16 @@ def chunk_rows(
     budget_bytes: int = 0,
     bytes_per_score: int = BYTES_PER_SCORE,
 ) -> int:
-    """Queries per chunk so that one chunk's scratch fits `budget_bytes` (0 = automatic)."""
+    """Queries per chunk so that one chunk's scratch (`bytes_per_score` per query-key pair)
+    fits `budget_bytes` (0 = automatic: a fraction of free device memory on CUDA, a
+    cache-sized block on CPU)."""
     if budget_bytes <= 0:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             budget_bytes = int(free * GPU_BUDGET_FRACTION)
         else:
-            budget_bytes = DEFAULT_CPU_BUDGET
+            rows = DEFAULT_CPU_BUDGET // (max(num_keys, 1) * bytes_per_score)
+            return max(1, min(rows, max(64, CPU_BLOCK_BYTES // (4 * max(num_keys, 1)))))
     return max(1, budget_bytes // (max(num_keys, 1) * bytes_per_score))
 
 
@@ -84,25 +96,142 @@ class BlockScorer:
     num_queries: int
     num_keys: int
     bytes_per_score: int = BYTES_PER_SCORE
+    # True when `score_block` returns rounded scores that `rescore` must check (FactorScorer
+    # in half precision); `error_bound` then says by how much they may be off.
+    approximate: bool = False
 
     def score(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def score_block(self, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The block the selection runs on (B, num_keys), written into `out` when given."""
+        return self.score(rows)
+
+    def block_dtype(self) -> torch.dtype:
+        return torch.float32
+
+
+# Unit roundoff: the largest relative error of rounding to nearest.
+_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+_FINITE_MAX = {torch.bfloat16: torch.finfo(torch.bfloat16).max, torch.float16: 65504.0}
+
 
 class FactorScorer(BlockScorer):
-    """scores = query[rows] @ key.T, optionally in half precision with fp32 accumulation."""
+    """scores = query[rows] @ key.T, optionally in half precision with fp32 accumulation.
+
+    In half precision (`dtype` bfloat16, or float16 on CUDA) the block is approximate; every
+    score is within `error_bound(rows)` of the fp32 one (a rounding-error bound, below), so
+    the selection keeps every key that could be in the exact top-N and `rescore` recomputes
+    those few in fp32. The result is the fp32 top-N, not an approximation of it.
+    """
 
     def __init__(
         self, query: torch.Tensor, key: torch.Tensor, dtype: torch.dtype = torch.float32
     ) -> None:
         self.num_queries, self.num_keys = query.shape[0], key.shape[0]
-        self.dtype = dtype
-        self.query = query.detach().to(dtype).contiguous()  # (Q, D)
-        self.key_t = key.detach().to(dtype).T.contiguous()  # (D, K)
+        self.query32 = query.detach().float().contiguous()  # (Q, D)
+        self.key32 = key.detach().float().contiguous()  # (K, D)
+        self.dtype = _usable_dtype(dtype, self.query32, self.key32)
+        self.approximate = self.dtype != torch.float32
+        self.query = self.query32 if not self.approximate else self.query32.to(self.dtype)
+        self.key_t = self.key32.to(self.dtype).T.contiguous()  # (D, K)
+        # CUDA can keep fp32 outputs from half inputs (fp32 accumulation guaranteed); CPU
+        # writes the block in the input dtype (oneDNN accumulates in fp32, then rounds once).
+        self._fp32_out = self.approximate and self.query.is_cuda and _has_out_dtype(self.query)
+        if self.approximate:
+            # Without fp32 outputs, cuBLAS may also reduce in half precision.
+            accumulate = self.dtype if self.query.is_cuda and not self._fp32_out else None
+            self._bound = _error_bound(self.query32, self.key32, self.dtype, accumulate)  # (Q,)
 
     def score(self, rows: torch.Tensor) -> torch.Tensor:
-        block = self.query[rows] @ self.key_t  # (B, K)
+        block = self.score_block(rows)
         return block if block.dtype == torch.float32 else block.float()
+
+    def score_block(self, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        query = self.query[rows]  # (B, D)
+        if self._fp32_out:
+            return torch.mm(query, self.key_t, out_dtype=torch.float32)  # (B, K)
+        if out is None:
+            return query @ self.key_t  # (B, K)
+        return torch.mm(query, self.key_t, out=out)  # (B, K)
+
+    def block_dtype(self) -> torch.dtype:
+        return torch.float32 if self._fp32_out or not self.approximate else self.dtype
+
+    def score_exact(self, rows: torch.Tensor) -> torch.Tensor:
+        """fp32 scores (B, K) for rows whose candidates could not be narrowed down."""
+        return self.query32[rows] @ self.key32.T
+
+    def rescore(self, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """fp32 scores of the given keys: rows (B,), keys (B, C) -> (B, C)."""
+        vectors = self.key32.index_select(0, keys.reshape(-1)).view(*keys.shape, -1)  # (B, C, D)
+        # multiply-and-sum beats bmm's batched matrix-vector products ~2x on CPU
+        return (vectors * self.query32[rows].unsqueeze(1)).sum(dim=2)
+
+    def error_bound(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B,) absolute bound on |block score - fp32 score|, before the block's own rounding."""
+        return self._bound[rows]
+
+    def output_roundoff(self) -> float:
+        """Relative rounding of the block's values (0 when the block is fp32)."""
+        return _ROUNDOFF[self.dtype] if self.block_dtype() != torch.float32 else 0.0
+
+
+def _error_bound(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    dtype: torch.dtype,
+    accumulate: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Per query (Q,): a bound on |half-precision block score - fp32 score| for every key.
+
+    With q~ = q - dq and k~ = k - dk the rounded factors (dq, dk exact in fp32, underflow
+    included): q.k - q~.k~ = dq.k~ + q~.dk + dq.dk, bounded by Cauchy-Schwarz with the
+    largest key norms; the fp32 sums of the block and of the rescoring (and the reference)
+    each add at most gamma_D sum|q_d k_d| <= gamma_D |q| |k|. The block's own final rounding
+    is accounted for in `select_candidates`. Inflated by 1% for this computation's rounding.
+    `accumulate`: the block's summation precision when it may not be fp32.
+    """
+    dim = query.shape[1]
+    gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)
+    u_sum = _ROUNDOFF[accumulate] if accumulate is not None else 2.0**-24
+    gamma_block = dim * u_sum / (1 - dim * u_sum)
+    q_low, k_low = query.to(dtype).float(), key.to(dtype).float()
+    dq, dk = (query - q_low).norm(dim=1), (key - k_low).norm(dim=1)  # (Q,), (K,)
+    if key.shape[0] == 0:
+        return torch.zeros(query.shape[0], device=query.device)
+    k_norm, k_low_norm, dk_max = key.norm(dim=1).max(), k_low.norm(dim=1).max(), dk.max()
+    bound = dq * k_low_norm + q_low.norm(dim=1) * dk_max + dq * dk_max
+    bound += gamma_block * q_low.norm(dim=1) * k_low_norm + gamma * 2 * query.norm(dim=1) * k_norm
+    return bound * 1.01 + 1e-30
+
+
+def _usable_dtype(dtype: torch.dtype, query: torch.Tensor, key: torch.Tensor) -> torch.dtype:
+    if dtype == torch.float32:
+        return dtype
+    if dtype not in _ROUNDOFF:
+        raise ValueError(f"scoring dtype {dtype} unsupported (expected float32, bfloat16, float16)")
+    if dtype == torch.float16 and not query.is_cuda:
+        # CPUs have no fast fp16 GEMM (measured ~40x slower than fp32 here); bf16 has one.
+        log.info("scoring: float16 on CPU runs as bfloat16 (no fast fp16 matrix product on CPU)")
+        dtype = torch.bfloat16
+    largest = max(float(query.abs().max()) if query.numel() else 0.0,
+                  float(key.abs().max()) if key.numel() else 0.0)  # fmt: skip
+    q_norm = float(query.norm(dim=1).max()) if query.numel() else 0.0
+    k_norm = float(key.norm(dim=1).max()) if key.numel() else 0.0
+    if not math.isfinite(largest) or max(largest, q_norm * k_norm) * 2 >= _FINITE_MAX[dtype]:
+        log.warning("scoring: factors too large for %s (scores could overflow); using float32",
+                    dtype)  # fmt: skip
+        return torch.float32
+    return dtype
+
+
+def _has_out_dtype(tensor: torch.Tensor) -> bool:
+    try:
+        torch.mm(tensor[:1], tensor[:1].T, out_dtype=torch.float32)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return True
 
 
 class ModelScorer(BlockScorer):
@@ -147,29 +276,248 @@ def top_n(
     device: torch.device | None = None,
     budget_bytes: int = 0,
     what: str = "scoring",
+    workers: int = 0,
 ) -> Iterator[TopN]:
-    """Yield the top-`n` unseen keys for `queries` (default: all), chunk by chunk, in order."""
+    """Yield the top-`n` unseen keys for `queries` (default: all), chunk by chunk, in order.
+
+    On CPU, chunks are scored by `workers` threads (0 = torch's intra-op thread count) with
+    one intra-op thread each: torch's per-operation thread team waits on its slowest thread
+    at every operation, which on a shared machine made scoring up to 10x slower than one
+    thread; independent chunks keep each core busy. Memory: one block per worker.
+    """
     device = device or torch.device("cpu")
     if queries is None:
         queries = np.arange(scorer.num_queries, dtype=np.int64)
     queries = np.asarray(queries, dtype=np.int64)
     k = min(n, scorer.num_keys)
     rows_per_chunk = chunk_rows(scorer.num_keys, device, budget_bytes, scorer.bytes_per_score)
-    seen_dev = _SeenOnDevice(seen, device) if seen is not None else None
+    if device.type != "cpu":
+        workers = 1
+    workers = max(1, min(workers or torch.get_num_threads(), -(-len(queries) // rows_per_chunk)))
+    scorer_chunk = _ChunkScorer(scorer, k, seen, device, min(rows_per_chunk, len(queries)))
+    log.debug("%s: %d queries x %d keys, %d per chunk, %d worker(s), %s block on %s", what,
+              len(queries), scorer.num_keys, rows_per_chunk, workers, scorer.block_dtype(),
+              device)  # fmt: skip
+    starts = range(0, len(queries), rows_per_chunk)
+    blocks = (queries[start : start + rows_per_chunk] for start in starts)
     progress = Progress(len(queries), what)
-    with torch.no_grad():
-        for start in range(0, len(queries), rows_per_chunk):
-            block = queries[start : start + rows_per_chunk]
-            rows = torch.from_numpy(block).to(device)
-            scores = scorer.score(rows)  # (B, K)
-            if seen_dev is not None:
-                seen_dev.mask_(scores, block, rows)
-            values, idx = torch.topk(scores, k, dim=1, sorted=True)  # (B, k)
-            values_np = values.cpu().numpy()
-            counts = np.isfinite(values_np).sum(axis=1) if k else np.zeros(len(block), np.int64)
-            yield TopN(block, idx.to(torch.int32).cpu().numpy(), values_np, counts.astype(np.int64))
+    if workers == 1:
+        for block in blocks:
+            yield scorer_chunk(block)
             progress.update(len(block))
+        progress.close()
+        return
+    main_threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="score")
+    try:
+        pending: deque[Future[TopN]] = deque()
+        for block in blocks:  # at most 2 chunks per worker in flight: memory stays bounded
+            pending.append(pool.submit(scorer_chunk, block, single_thread=True))
+            if len(pending) >= 2 * workers:
+                chunk = pending.popleft().result()
+                yield chunk
+                progress.update(len(chunk.query_idx))
+        while pending:
+            chunk = pending.popleft().result()
+            yield chunk
+            progress.update(len(chunk.query_idx))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(main_threads)  # workers lowered torch's default for new threads
     progress.close()
+
+
+class _ChunkScorer:
+    """One chunk's top-k on the host, callable from worker threads (a score block each)."""
+
+    def __init__(
+        self,
+        scorer: BlockScorer,
+        k: int,
+        seen: SeenMatrix | None,
+        device: torch.device,
+        max_rows: int,
+    ) -> None:
+        self.scorer, self.k, self.device, self.max_rows = scorer, k, device, max_rows
+        self.seen = _SeenOnDevice(seen, device) if seen is not None else None
+        self.local = threading.local()
+
+    def __call__(self, block: np.ndarray, single_thread: bool = False) -> TopN:
+        if not hasattr(self.local, "buffer"):
+            if single_thread:
+                torch.set_num_threads(1)  # this thread's intra-op team; see top_n
+            # (B, K), reused: on CPU a fresh multi-MB block costs page faults on every chunk;
+            # CUDA's caching allocator reuses blocks by itself.
+            self.local.buffer = None
+            if self.device.type == "cpu":
+                self.local.buffer = torch.empty((self.max_rows, self.scorer.num_keys),
+                                                dtype=self.scorer.block_dtype())  # fmt: skip
+        buffer = self.local.buffer
+        with torch.no_grad():
+            rows = torch.from_numpy(block).to(self.device)
+            mask = self.seen.mask_ if self.seen is not None else None
+            out = buffer[: len(block)] if buffer is not None else None
+            values, idx = _chunk_top_k(self.scorer, rows, block, self.k, out, mask)
+            values_np = values.cpu().numpy()
+        counts = np.isfinite(values_np).sum(axis=1) if self.k else np.zeros(len(block))
+        return TopN(block, idx.to(torch.int32).cpu().numpy(), values_np, counts.astype(np.int64))
+
+
+Mask = Callable[[torch.Tensor, np.ndarray, torch.Tensor], None]
+
+
+def _chunk_top_k(
+    scorer: BlockScorer,
+    rows: torch.Tensor,
+    block: np.ndarray,
+    k: int,
+    out: torch.Tensor | None,
+    mask: Mask | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k (values (B, k) fp32 sorted, key indices (B, k)) of one chunk."""
+    approximate = isinstance(scorer, FactorScorer) and scorer.approximate
+    if approximate and group_sizes(scorer.num_keys, k) is None:
+        # small catalogue: no shortcut to rescore candidates from, so score in fp32 directly
+        scores = scorer.score_exact(rows)
+        if mask is not None:
+            mask(scores, block, rows)
+        values, idx = torch.topk(scores, k, dim=1, sorted=True)
+        return values, idx
+    scores = scorer.score_block(rows, out)  # (B, K)
+    if mask is not None:
+        mask(scores, block, rows)
+    slack = scorer.error_bound(rows) if approximate else None
+    roundoff = scorer.output_roundoff() if approximate else 0.0
+    found = select_candidates(scores, k, slack, roundoff)
+    if found is None:  # catalogue too small for the shortcut: dense top-k (fp32 here)
+        values, idx = torch.topk(scores, k, dim=1, sorted=True)
+        return values.float(), idx
+    keys, cand, ok = found  # (B, C), (B, C), (B,)
+    if approximate:
+        keys, cand = _rescore(scorer, rows, keys, cand, k, slack, roundoff)
+    values, pos = torch.topk(cand, k, dim=1, sorted=True)  # (B, k)
+    idx = torch.gather(keys, 1, pos)
+    if not bool(ok.all()):  # rows with too few finite scores, or a loose bound: dense, exact
+        bad = torch.nonzero(~ok).squeeze(1)
+        dense = scorer.score_exact(rows[bad]) if approximate else scores[bad]
+        if approximate and mask is not None:
+            mask(dense, block[bad.cpu().numpy()], rows[bad])
+        values[bad], idx[bad] = torch.topk(dense.float(), k, dim=1, sorted=True)
+    return values, idx
+
+
+def _rescore(
+    scorer: FactorScorer,
+    rows: torch.Tensor,
+    keys: torch.Tensor,
+    approx: torch.Tensor,
+    k: int,
+    slack: torch.Tensor,
+    roundoff: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 scores of the candidates that can still make the top-k: (B, C) -> (B, C')."""
+    approx, order = torch.sort(approx, dim=1, descending=True)  # (B, C)
+    # The candidates' own k-th value is a tighter lower bound than select_candidates' cut.
+    kth = approx[:, k - 1].float()
+    cut = kth - roundoff * kth.abs() / (1 - roundoff) - 2 * slack  # (B,)
+    reach = (approx.float() >= cut.unsqueeze(1)).sum(dim=1)  # a prefix of each sorted row
+    reach.masked_fill_(~torch.isfinite(kth), 0)  # rows left to the dense path: nothing
+    width = max(int(reach.max()), k)
+    keys = torch.gather(keys, 1, order[:, :width])
+    exact = scorer.rescore(rows, keys)  # (B, C')
+    beyond = torch.arange(width, device=keys.device).unsqueeze(0) >= reach.unsqueeze(1)
+    return keys, exact.masked_fill_(beyond | (approx[:, :width] == NEG_INF), NEG_INF)
+
+
+def group_sizes(num_keys: int, k: int) -> tuple[int, int] | None:
+    """Group sizes (g1, g2) for `select_candidates`, or None when a dense top-k is as cheap."""
+    g1 = 8
+    g2 = num_keys // (g1 * 3 * k) if k else 0
+    return (g1, min(g2, 64)) if g2 >= 2 else None
+
+
+def select_candidates(
+    scores: torch.Tensor, k: int, slack: torch.Tensor | None = None, roundoff: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Every key of each row that can be in the row's top-k, found with cheap passes.
+
+    Keys split into G1 = I // g1 strided groups (key j in group j mod G1); groups into G2
+    strided super-groups. t = the k-th largest super-group maximum is a lower bound of the k-th
+    largest score (k distinct keys reach it), so the top-k lies among keys >= t, in groups whose
+    maximum is >= t: about k of them. Only those groups are gathered. With approximate scores
+    (within `slack` (B,) of the exact ones, then rounded with relative `roundoff`), the cut is
+    lowered to cover every key whose exact score can reach the exact k-th (see below).
+
+    Returns key indices (B, C) and their scores (B, C) (padding: index 0, score -inf) and
+    `ok` (B,): False for rows left to the caller (fewer than k finite scores, or too many
+    candidates). None when the catalogue is too small for this to pay off.
+    """
+    num_rows, num_keys = scores.shape
+    sizes = group_sizes(num_keys, k)
+    if sizes is None or num_rows == 0:
+        return None
+    g1, g2 = sizes
+    num_groups = num_keys // g1
+    covered = num_groups * g1  # keys past it (< g1) are candidates by themselves
+    group_max = torch.amax(scores[:, :covered].view(num_rows, g1, num_groups), dim=1)  # (B, G1)
+    num_super = num_groups // g2
+    super_max = torch.amax(
+        group_max[:, : num_super * g2].view(num_rows, g2, num_super), dim=1
+    )  # (B, G2); groups past num_super * g2 only make t lower, never wrong
+    cut = torch.topk(super_max, k, dim=1, sorted=False).values.amin(dim=1).float()  # (B,)
+    if slack is not None:
+        # A block value t stands for an unrounded one >= t - roundoff |t| / (1 - roundoff);
+        # k keys have exact scores >= that - slack, so the exact k-th is too; a key can reach
+        # it only if its unrounded value is >= that - 2 slack, and rounding is monotone.
+        cut = cut - roundoff * cut.abs() / (1 - roundoff) - 2 * slack
+    ok = torch.isfinite(cut)
+    cut = cut.to(scores.dtype).unsqueeze(1)  # (B, 1)
+    in_groups = group_max >= cut  # (B, G1)
+    ok &= in_groups.sum(dim=1) * g1 <= max(num_keys // 4, 4 * k)  # else dense is cheaper
+    all_ok = bool(ok.all())
+    if not all_ok:
+        in_groups &= ok.unsqueeze(1)
+    groups = _compact(in_groups, pad=0)  # (B, C1) group ids
+    offsets = torch.arange(g1, device=scores.device) * num_groups  # (g1,)
+    keys = (groups.unsqueeze(2) + offsets).view(num_rows, -1)  # (B, C1 * g1)
+    values = torch.gather(scores, 1, keys)
+    padding = _compact_padding(in_groups, groups.shape[1])  # (B, C1) True where padded
+    values.view(num_rows, -1, g1).masked_fill_(padding.unsqueeze(2), NEG_INF)
+    if covered < num_keys:
+        tail = torch.arange(covered, num_keys, device=scores.device)
+        keys = torch.cat([keys, tail.expand(num_rows, -1)], dim=1)
+        values = torch.cat([values, scores[:, covered:]], dim=1)
+    keep = values >= cut  # (B, C1 * g1 [+ tail])
+    if not all_ok:
+        keep &= ok.unsqueeze(1)
+    pick = _compact(keep, pad=-1)  # (B, C2) positions, -1 = padding
+    width = max(pick.shape[1], k)
+    if width > pick.shape[1]:
+        pick = torch.cat([pick, pick.new_full((num_rows, width - pick.shape[1]), -1)], dim=1)
+    padded = pick < 0
+    pick = pick.clamp_(min=0)
+    out_keys = torch.gather(keys, 1, pick).masked_fill_(padded, 0)
+    out_values = torch.gather(values, 1, pick).masked_fill_(padded, NEG_INF)
+    return out_keys, out_values, ok
+
+
+def _compact(mask: torch.Tensor, pad: int) -> torch.Tensor:
+    """Column indices of each row's True entries, in order, padded with `pad`: (B, W) ->
+    (B, C) with C the largest count in the block."""
+    rows, cols = torch.nonzero(mask, as_tuple=True)  # row-major order
+    counts = torch.bincount(rows, minlength=mask.shape[0])
+    width = int(counts.max()) if rows.numel() else 0
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.arange(rows.numel(), device=mask.device) - starts[rows]
+    out = torch.full((mask.shape[0], width), pad, dtype=torch.long, device=mask.device)
+    out[rows, position] = cols
+    return out
+
+
+def _compact_padding(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) True where `_compact(mask)` padded."""
+    counts = mask.sum(dim=1, keepdim=True)
+    return torch.arange(width, device=mask.device).unsqueeze(0) >= counts
 
 
 class _SeenOnDevice:
@@ -182,8 +530,11 @@ class _SeenOnDevice:
 
     def mask_(self, scores: torch.Tensor, block: np.ndarray, rows: torch.Tensor) -> None:
         num_keys = scores.shape[1]
+        if len(block) == 0:
+            return
         lo, hi = int(block[0]), int(block[-1]) + 1
-        if hi - lo == len(block):  # contiguous queries: one slice of the CSR
+        if hi - lo == len(block) and bool((np.diff(block) == 1).all()):
+            # contiguous queries: one slice of the CSR
             start, stop = int(self.indptr_np[lo]), int(self.indptr_np[hi])
             cols = self.indices[start:stop]
             lengths = self.indptr[lo + 1 : hi + 1] - self.indptr[lo:hi]
@@ -195,4 +546,4 @@ class _SeenOnDevice:
             )
             cols = self.indices[offsets + torch.arange(offsets.numel(), device=offsets.device)]
         local = torch.repeat_interleave(torch.arange(len(block), device=scores.device), lengths)
-        scores.view(-1).index_fill_(0, local * num_keys + cols, float("-inf"))
+        scores.view(-1).index_fill_(0, local * num_keys + cols, NEG_INF)

@@ -1,20 +1,35 @@
-"""The chunked scorer equals a dense brute-force top-N for every chunk size."""
+"""The chunked scorer equals a dense brute-force top-N for every chunk size, dtype and path."""
+
+import logging
 
 import numpy as np
 import pytest
 import torch
 
-from recsys.score import BYTES_PER_SCORE, FactorScorer, SeenMatrix, chunk_rows, top_n
+from recsys import score
+from recsys.progress import Progress
+from recsys.score import (
+    BYTES_PER_SCORE,
+    FactorScorer,
+    SeenMatrix,
+    chunk_rows,
+    resolve_device,
+    select_candidates,
+    top_n,
+)
 
 
-def _case(seed: int = 0, num_users: int = 57, num_items: int = 40):
+def _case(seed: int = 0, num_users: int = 57, num_items: int = 40, max_seen: int = 12):
     rng = np.random.default_rng(seed)
-    user, item = (
-        torch.randn(num_users, 8, generator=torch.Generator().manual_seed(seed)),
-        torch.randn(num_items, 8),
+    gen = torch.Generator().manual_seed(seed)
+    user = torch.randn(num_users, 8, generator=gen)
+    # Item norms spread like trained factors (popular items larger): the half-precision
+    # error bound uses the largest one.
+    item = torch.randn(num_items, 8, generator=gen) * torch.exp(
+        0.3 * torch.randn(num_items, 1, generator=gen)
     )
     seen_sets = [
-        sorted(set(rng.choice(num_items, rng.integers(0, 12), replace=True).tolist()))
+        sorted(set(rng.choice(num_items, rng.integers(0, max_seen), replace=True).tolist()))
         for _ in range(num_users)
     ]
     seen_sets[3] = list(range(num_items))  # has seen everything
@@ -25,33 +40,121 @@ def _case(seed: int = 0, num_users: int = 57, num_items: int = 40):
     return user, item, seen, seen_sets
 
 
-def _dense_reference(user, item, seen_sets, n):
-    dense = user @ item.T
+def _dense(user, item, seen_sets):
+    dense = (user.double() @ item.double().T).float()  # exact to fp32 rounding
     for q, s in enumerate(seen_sets):
         dense[q, s] = -np.inf
-    values, idx = torch.topk(dense, n, dim=1)
-    return values, idx
+    return dense
+
+
+def _assert_top_n(chunks, dense, n, queries, seen_sets, tol=1e-5):
+    """Every query's list is a true top-n of `dense` up to ties: same sorted values (to fp32
+    rounding), each key's own score equal to its listed value, no seen key, no repeat."""
+    got = np.concatenate([c.query_idx for c in chunks])
+    assert got.tolist() == list(queries)
+    ref_values, _ = torch.topk(dense, min(n, dense.shape[1]), dim=1)
+    for chunk in chunks:
+        for row, q in enumerate(chunk.query_idx):
+            finite = torch.isfinite(ref_values[q])
+            count = int(chunk.counts[row])
+            assert count == int(finite.sum())
+            keys = chunk.key_idx[row, :count].astype(np.int64)
+            values = chunk.score[row, :count]
+            np.testing.assert_allclose(values, ref_values[q][finite].numpy(), rtol=tol, atol=tol)
+            np.testing.assert_allclose(dense[q, keys].numpy(), values, rtol=tol, atol=tol)
+            assert len(set(keys.tolist())) == count
+            assert not set(keys.tolist()) & set(seen_sets[q])
 
 
 @pytest.mark.parametrize("budget", [1, 40 * BYTES_PER_SCORE * 5, 40 * BYTES_PER_SCORE * 16, 2**30])
 @pytest.mark.parametrize("subset", [False, True])
 def test_chunked_equals_dense(budget: int, subset: bool) -> None:
     user, item, seen, seen_sets = _case()
-    queries = np.array([0, 3, 4, 9, 10, 11, 40, 56]) if subset else None
-    values, idx = _dense_reference(user, item, seen_sets, 10)
+    queries = np.array([0, 3, 4, 9, 10, 11, 40, 56]) if subset else np.arange(57)
     chunks = list(top_n(FactorScorer(user, item), 10, seen, queries=queries, budget_bytes=budget))
-    got = np.concatenate([c.query_idx for c in chunks])
-    assert got.tolist() == (queries.tolist() if subset else list(range(57)))
-    for chunk in chunks:
-        for row, q in enumerate(chunk.query_idx):
-            finite = torch.isfinite(values[q])
-            count = chunk.counts[row]
-            assert count == int(finite.sum())
-            assert chunk.key_idx[row, :count].tolist() == idx[q][finite].tolist()
-            np.testing.assert_allclose(
-                chunk.score[row, :count], values[q][finite].numpy(), rtol=1e-5, atol=1e-5
-            )
-            assert not set(chunk.key_idx[row, :count].tolist()) & set(seen_sets[q])
+    _assert_top_n(chunks, _dense(user, item, seen_sets), 10, queries, seen_sets)
+
+
+# The shortcut (select_candidates) needs num_items >= 48 k: these sizes take it.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("budget", [2000 * BYTES_PER_SCORE * 3, 2000 * BYTES_PER_SCORE * 64])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shortcut_equals_dense_for_every_dtype_chunk_and_worker(dtype, budget, workers) -> None:
+    user, item, seen, seen_sets = _case(seed=1, num_users=61, num_items=2003, max_seen=60)
+    seen_sets[5] = list(range(1, 2003, 2)) + [0]  # many seen; unseen only every other item
+    seen = _seen(seen_sets)
+    assert score.group_sizes(2003, 10) is not None
+    scorer = FactorScorer(user, item, dtype)
+    assert scorer.approximate == (dtype != torch.float32)
+    queries = np.arange(61)
+    chunks = list(top_n(scorer, 10, seen, budget_bytes=budget, workers=workers))
+    _assert_top_n(chunks, _dense(user, item, seen_sets), 10, queries, seen_sets)
+
+
+def test_users_with_few_unseen_items_fall_back_exactly_on_the_shortcut_path() -> None:
+    user, item, _, seen_sets = _case(seed=2, num_users=12, num_items=2000)
+    seen_sets[0] = list(range(1995))  # 5 unseen < N
+    seen_sets[1] = list(range(2000))  # none unseen
+    seen_sets[2] = [i for i in range(2000) if i % 400]  # 5 unseen, spread out
+    for dtype in (torch.float32, torch.bfloat16):
+        chunks = list(top_n(FactorScorer(user, item, dtype), 10, _seen(seen_sets)))
+        _assert_top_n(chunks, _dense(user, item, seen_sets), 10, range(12), seen_sets)
+        assert chunks[0].counts[:3].tolist() == [5, 0, 5]
+
+
+def _seen(seen_sets):
+    indptr = np.zeros(len(seen_sets) + 1, np.int64)
+    indptr[1:] = np.cumsum([len(s) for s in seen_sets])
+    return SeenMatrix(indptr, np.concatenate([np.asarray(s, np.int32) for s in seen_sets]))
+
+
+@pytest.mark.parametrize("num_keys", [1000, 1007, 4096])
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_select_candidates_keeps_the_exact_top_k_with_ties_and_minus_inf(num_keys, k) -> None:
+    gen = torch.Generator().manual_seed(num_keys + k)
+    scores = torch.randint(0, 40, (9, num_keys), generator=gen).float()  # (B, K): many ties
+    scores[1] = torch.randn(num_keys, generator=gen)  # no ties
+    scores[2, : num_keys - k + 1] = float("-inf")  # k-1 finite
+    scores[3] = float("-inf")  # nothing finite
+    scores[4] = torch.randn(num_keys, generator=gen)
+    scores[4, ::3] = float("-inf")
+    scores[5] = 7.0  # all tied
+    scores[6] = torch.randn(num_keys, generator=gen)
+    scores[6, -1] = 1e6  # the best key in the tail past the last full group
+    found = select_candidates(scores, k)
+    if score.group_sizes(num_keys, k) is None:
+        assert found is None
+        return
+    keys, values, ok = found
+    assert torch.equal(torch.gather(scores, 1, keys)[values > float("-inf")],
+                       values[values > float("-inf")])  # fmt: skip
+    expected, _ = torch.topk(scores, k, dim=1)
+    got, _ = torch.topk(values, k, dim=1)
+    rows = ok.nonzero().squeeze(1)
+    assert torch.equal(got[rows], expected[rows])  # same values, ties included
+    assert not ok[2] and not ok[3]  # too few finite scores: left to the dense path
+    assert ok[[1, 4, 6]].all()  # heavily tied rows may be left to the dense path too
+
+
+def test_half_precision_block_stays_within_the_error_bound() -> None:
+    gen = torch.Generator().manual_seed(3)
+    user = torch.randn(300, 64, generator=gen) * torch.exp(torch.randn(300, 1, generator=gen))
+    item = torch.randn(5000, 64, generator=gen) * torch.exp(torch.randn(5000, 1, generator=gen))
+    exact = user.double() @ item.double().T
+    for dtype in (torch.bfloat16, torch.float16):
+        scorer = FactorScorer(user, item, dtype)
+        rows = torch.arange(300)
+        block = scorer.score_block(rows).double()
+        # the block's own output rounding is what select_candidates adds on top
+        rounding = score._ROUNDOFF[scorer.dtype] * block.abs() / (1 - score._ROUNDOFF[scorer.dtype])
+        error = (block - exact).abs() - rounding
+        assert (error <= scorer.error_bound(rows).double().unsqueeze(1)).all()
+
+
+def test_float16_on_cpu_runs_as_bfloat16_and_huge_factors_as_float32() -> None:
+    user, item, _, _ = _case()
+    assert FactorScorer(user, item, torch.float16).dtype == torch.bfloat16
+    assert FactorScorer(user * 1e20, item * 1e20, torch.bfloat16).dtype == torch.float32
 
 
 def test_user_with_everything_seen_gets_no_rows_and_short_lists_stay_short() -> None:
@@ -68,6 +171,47 @@ def test_n_larger_than_catalogue() -> None:
     assert (chunk.counts == 5).all()
 
 
+def test_stopping_early_with_workers_does_not_hang() -> None:
+    user, item, seen, _ = _case(num_users=500)
+    chunks = top_n(FactorScorer(user, item), 5, _seen([[]] * 500), budget_bytes=1, workers=2)
+    first = next(chunks)
+    chunks.close()
+    assert first.query_idx.tolist() == [0]
+    assert torch.get_num_threads() >= 1
+
+
 def test_chunk_rows_follows_budget() -> None:
     assert chunk_rows(1000, torch.device("cpu"), 1000 * BYTES_PER_SCORE * 7) == 7
     assert chunk_rows(1000, torch.device("cpu"), 1) == 1
+    automatic = chunk_rows(20_000, torch.device("cpu"))
+    assert 64 <= automatic * 20_000 * 4 <= score.CPU_BLOCK_BYTES + 64 * 20_000 * 4
+
+
+def test_gpu_chunk_follows_free_memory(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 2**30, 80 * 2**30))
+    rows = chunk_rows(100_000, torch.device("cuda"))
+    assert rows == int(10 * 2**30 * score.GPU_BUDGET_FRACTION) // (100_000 * BYTES_PER_SCORE)
+
+
+def test_cuda_request_without_cuda_falls_back_to_cpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("cuda") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cuda_half_precision_equals_cpu_float32(dtype) -> None:
+    user, item, _, seen_sets = _case(seed=4, num_users=200, num_items=3000, max_seen=80)
+    seen = _seen(seen_sets)
+    cuda = torch.device("cuda")
+    chunks = list(top_n(FactorScorer(user.to(cuda), item.to(cuda), dtype), 10, seen, device=cuda))
+    _assert_top_n(chunks, _dense(user, item, seen_sets), 10, range(200), seen_sets)
+
+
+def test_progress_logs_rate_and_eta_when_not_a_terminal(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="recsys.progress")
+    progress = Progress(100, "scoring users", interval_s=0.0)
+    progress.tty = False
+    progress.update(40)
+    assert "40/100 users" in caplog.text and "/s, ETA" in caplog.text
