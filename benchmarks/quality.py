@@ -74,7 +74,7 @@ def fit_early_stopped(name: str, dataset: Dataset, train, inner_split, config: C
     started = time.monotonic()
     probe = new_model(name, with_interactions(dataset, inner_train), config)
     result = fit(probe, inner_train, inner_valid, settings)
-    valid_ndcg = evaluate_ranking(probe, inner_train, inner_valid, 10, CPU)["ndcg"]
+    valid_ndcg = evaluate_ranking(probe, inner_train, inner_valid, 10, CPU)["ndcg"] if params.get("loss") != "logloss" else float("nan")
     model = new_model(name, dataset, config)
     fit(model, train, None, settings, epochs=max(result.best_epoch, 1))
     return model, time.monotonic() - started, valid_ndcg
@@ -219,6 +219,7 @@ def cold_start_section(dataset: Dataset, config: Config) -> list[str]:
     )
     features.weight[cold, 0, :] = 0.0  # cold users have no trained ID vector: features only
     cold_dataset = dataclasses.replace(dataset, interactions=train, user_features=features)
+    config.model.params = {}  # each model's defaults, as nightly serves them
     lines = ["## Cold users (10% of users: interactions hidden, features kept; NDCG@10 on all their interactions)", "",
              "| path | NDCG@10 | Recall@10 |", "|---|---|---|"]  # fmt: skip
     settings = train_settings(config, CPU)
