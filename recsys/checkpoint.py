@@ -4,6 +4,7 @@ rebuild everything without the training data or guessing (loaded with weights_on
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from recsys import __version__
 from recsys.data.idmap import IdMap
 from recsys.errors import DataError, MissingInputError
-from recsys.evaluate import Metric
+from recsys.evaluate import ActivityMetric, Metric
 from recsys.models import build_model
 from recsys.models.base import Recommender
 from recsys.score import SeenMatrix
@@ -32,6 +33,7 @@ class TrainedModel:
     seen: SeenMatrix  # (num_users rows) items each user interacted with in training
     catalogue: pl.DataFrame  # per item index: title, genres, num_interactions
     metrics: list[Metric] = field(default_factory=list)
+    by_activity: list[ActivityMetric] = field(default_factory=list)
     selection: str = ""  # why this model was chosen
     source: str = ""
     num_interactions: int = 0
@@ -56,6 +58,7 @@ def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
         "seen_indices": torch.from_numpy(trained.seen.indices),
         "catalogue": trained.catalogue.to_dict(as_series=False),
         "metrics": [[m.model, m.metric, m.k, m.value] for m in trained.metrics],
+        "by_activity": [list(dataclasses.astuple(a)) for a in trained.by_activity],
         "selection": trained.selection,
         "source": trained.source,
         "num_interactions": trained.num_interactions,
@@ -90,6 +93,7 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
         ),
         catalogue=pl.DataFrame(payload["catalogue"]),
         metrics=[Metric(*row) for row in payload["metrics"]],
+        by_activity=[ActivityMetric(*row) for row in payload.get("by_activity", [])],
         selection=payload["selection"],
         source=payload["source"],
         num_interactions=payload["num_interactions"],

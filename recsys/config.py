@@ -119,6 +119,8 @@ class OutputConfig:
     # Free disk needed before writing, as a multiple of the served file's size.
     free_space_factor: float = 2.0
     log_dir: str = ""
+    # Publish each user's seen items as `user_items` (for "because you watched" look-ups).
+    user_items: bool = True
 
 
 @dataclass

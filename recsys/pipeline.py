@@ -23,7 +23,7 @@ from recsys.data.idmap import IdMap
 from recsys.data.split import temporal_split
 from recsys.dataset import Dataset, load_dataset
 from recsys.errors import ConfigError, DataError, QualityGateError
-from recsys.evaluate import Metric, evaluate_model, metrics_frame
+from recsys.evaluate import ActivityMetric, Metric, activity_frame, evaluate_all, metrics_frame
 from recsys.ledger import now_iso
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
 from recsys.models import build_model, model_class
@@ -122,6 +122,7 @@ class Comparison:
     scores: dict[str, tuple[float, int]]  # name -> (selection metric value, best epoch)
     best: str
     selection: str  # one line: who won, by how much
+    by_activity: list[ActivityMetric] = field(default_factory=list)
 
 
 def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -> Comparison:
@@ -138,6 +139,7 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
         )
     k, metric = config.model.selection_k, config.model.selection_metric
     all_metrics: list[Metric] = []
+    all_activity: list[ActivityMetric] = []
     scores: dict[str, tuple[float, int]] = {}
     for name in names:
         model = new_model(name, dataset, config)
@@ -145,8 +147,10 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
             log.info("skipping %s: it needs ratings and %s has none", name, data.source)
             continue
         result = fit(model, train, valid, settings)
-        rows = evaluate_model(model, train, valid, k, device, config.data.positive_threshold,
-                              (config.data.min_rating, config.data.max_rating))  # fmt: skip
+        evaluation = evaluate_all(model, train, valid, k, device, config.data.positive_threshold,
+                                  (config.data.min_rating, config.data.max_rating))  # fmt: skip
+        rows = evaluation.metrics
+        all_activity += evaluation.by_activity
         rows.append(Metric(name, "train_seconds", None, round(result.seconds, 3)))
         all_metrics += rows
         value = next((r.value for r in rows if r.metric == metric), None)
@@ -165,7 +169,7 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
     if len(ranked) > 1:
         selection += f" (runner-up {ranked[1]}: {scores[ranked[1]][0]:.4f})"
     log.info(selection)
-    return Comparison(all_metrics, scores, best, selection)
+    return Comparison(all_metrics, scores, best, selection, all_activity)
 
 
 def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> TrainedModel:
@@ -195,6 +199,7 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
         seen=SeenMatrix(indptr, indices),
         catalogue=dataset.catalogue,
         metrics=comparison.metrics,
+        by_activity=comparison.by_activity,
         selection=comparison.selection,
         source=data.source,
         num_interactions=len(data),
@@ -247,8 +252,9 @@ def stage_results(
 ) -> tuple[StagedDatabase, int, int]:
     """Build the new database in the staging folder; returns it (closed) and row counts."""
     top = config.scoring.top_n
+    num_seen = len(trained.seen.indices) if config.output.user_items else 0
     warehouse.check_free_space(
-        len(trained.users) * top + len(trained.items) * config.scoring.similar_items_n
+        len(trained.users) * top + len(trained.items) * config.scoring.similar_items_n + num_seen
     )
     staged = warehouse.stage(
         run_id, duckdb_type(trained.users.dtype), duckdb_type(trained.items.dtype)
@@ -276,6 +282,8 @@ def stage_results(
         with timer.phase("similar_items"):
             num_similar = _stage_similar_items(staged, trained, config, run_id, device)
         staged.insert_frame("items", trained.catalogue)
+        if config.output.user_items:
+            staged.write_batches("user_items", user_items_batches(trained, run_id))
         return staged, num_rows, num_similar
     except BaseException:
         warehouse.discard(staged)
@@ -303,6 +311,27 @@ def _stage_similar_items(
             for c in chunks
         ),
     )
+
+
+def user_items_batches(
+    trained: TrainedModel, run_id: str, batch_rows: int = 1 << 20
+) -> Iterator[pa.Table]:
+    """The seen matrix as (user_id, item_id, run_id) rows in batches, repeated pairs dropped."""
+    indptr, indices = trained.seen.indptr, trained.seen.indices
+    row_of = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    keep = np.ones(len(indices), dtype=bool)  # CSR columns are sorted: repeats are adjacent
+    keep[1:] = (indices[1:] != indices[:-1]) | (row_of[1:] != row_of[:-1])
+    for start in range(0, len(indices), batch_rows):
+        part = keep[start : start + batch_rows]
+        users = row_of[start : start + batch_rows][part]
+        items = indices[start : start + batch_rows][part]
+        yield pa.table(
+            {
+                "user_id": trained.users.decode_arrow(users),
+                "item_id": trained.items.decode_arrow(items),
+                "run_id": constant_column(run_id, len(users)),
+            }
+        )
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -385,6 +414,11 @@ def publish_trained(
                 "metrics",
                 pl.concat([old_metrics, new_metrics]) if old_metrics is not None else new_metrics,
             )
+            new_activity = activity_frame(trained.by_activity, run_id, "validation")
+            old_activity = previous.by_activity if previous is not None else None
+            if old_activity is not None and old_activity.height:
+                new_activity = pl.concat([old_activity.cast(new_activity.schema), new_activity])
+            staged.insert_frame("metrics_by_activity", new_activity)
             staged.close()
             faults.point("gated")
             warehouse.publish(staged, run_id)
