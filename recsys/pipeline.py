@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow as pa
 import torch
 
-from recsys import __version__, faults, gate, logs
+from recsys import __version__, faults, gate, logs, report
 from recsys.checkpoint import TrainedModel
 from recsys.config import Config
 from recsys.data.idmap import IdMap
@@ -47,6 +47,7 @@ class RunSummary:
     database: str
     selection: str
     timings: dict[str, float] = field(default_factory=dict)
+    report: str = ""  # the run report's path, "" when none was written
 
 
 class Timer:
@@ -514,6 +515,8 @@ def run_job(config: Config, make_trained, run_id: str | None = None) -> RunSumma
                 for m in trained.metrics
             },
         )
+        if config.output.report:  # published already: a failed report is only a warning
+            summary.report = report.publish_report(config.output, warehouse.served, run_id)
         return summary
 
 
