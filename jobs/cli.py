@@ -12,6 +12,7 @@ from jobs.report import report
 from jobs.rollback import rollback
 from jobs.runs import runs
 from jobs.score import score
+from jobs.show import show_group
 from jobs.train import train
 
 
@@ -32,6 +33,7 @@ for command in (
     runs,
     rollback,
     report,
+    show_group,
     config_group,
 ):
     main.add_command(command)
