@@ -62,13 +62,17 @@ def echo_listing(listing, tsv: bool) -> None:
     if not listing.rows:
         return
     columns, rows = listing.columns, [[cell(v, MAX_WIDTH) for v in row] for row in listing.rows]
+    numeric = [
+        all(isinstance(r[i], int | float) for r in listing.rows if r[i] is not None)
+        for i in range(len(columns))
+    ]
     if "because_item_id" in columns:  # one readable column instead of three
         at = columns.index("because_item_id")
-        columns = [*columns[:at], "because you watched"]
-        rows = [[*row[:at], because(*listing_row[at : at + 3])]
-                for row, listing_row in zip(rows, listing.rows, strict=True)]  # fmt: skip
-    numeric = [all(isinstance(r[i], int | float) for r in listing.rows if r[i] is not None)
-               for i in range(len(columns))]  # fmt: skip
+        columns, numeric = [*columns[:at], "because you watched"], [*numeric[:at], False]
+        rows = [
+            [*row[:at], because(*listing_row[at : at + 3])]
+            for row, listing_row in zip(rows, listing.rows, strict=True)
+        ]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
 
     def line(values: list[str]) -> str:

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -411,6 +412,7 @@ def publish_report(output: OutputConfig, served: Path, run_id: str) -> str:
         path, _ = write_report(served, folder / f"report-{run_id}.html", run_id)
         update_latest(path, folder / LATEST)
         prune_reports(folder, output.keep_reports)
+        clear_stale_temporaries(folder)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else ""
         log.warning("run report not written to %s (%s: %s); the run is published all the same",
@@ -434,6 +436,15 @@ def update_latest(report: Path, latest: Path) -> None:
         os.replace(tmp, latest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def clear_stale_temporaries(folder: Path, older_than_s: float = 3600) -> None:
+    """Temporary report files of writers killed mid-write (an hour old: not someone's now)."""
+    now = time.time()
+    for tmp in folder.glob(".report-*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
 
 
 def prune_reports(folder: Path, keep: int) -> None:
