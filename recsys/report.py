@@ -7,6 +7,7 @@ import base64
 import contextlib
 import html
 import io
+import itertools
 import json
 import logging
 import os
@@ -493,7 +494,7 @@ def _img(fig: Any, alt: str) -> str:
 
     buf = io.BytesIO()
     # Text stays text (smaller and faster than glyph outlines); a fixed salt and no date make
-    # the same run give the same file.
+    # the same data draw the same SVG.
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "recsys-report"}):
         fig.savefig(buf, format="svg", metadata={"Date": None})
     data = base64.b64encode(buf.getvalue()).decode("ascii")
@@ -501,7 +502,7 @@ def _img(fig: Any, alt: str) -> str:
 
 
 def _colors(models: list[str], winner: str) -> dict[str, str]:
-    others = iter(OTHERS * 4)
+    others = itertools.cycle(OTHERS)
     return {m: WINNER if m == winner else next(others) for m in models}
 
 
