@@ -7,7 +7,7 @@ CONFIG ?= recsys.toml
 SIZES ?= 943x1682,100000x20000,200000x50000
 BENCH_ARGS ?=
 
-.PHONY: install nightly test lint format bench quality clean
+.PHONY: install nightly test lint format bench quality report-screenshot clean
 
 install: $(BIN)/recsys
 
@@ -39,6 +39,18 @@ format: install
 quality: install
 	PIP_CONSTRAINT=constraints.txt $(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/quality.py
+
+# The served run's report in headless Chromium (apt-get install chromium): docs/report.png.
+DATABASE ?= warehouse/recs.duckdb
+SCREENSHOT ?= docs/report.png
+report-screenshot: install
+	@command -v chromium >/dev/null || { echo "report-screenshot: needs chromium (apt-get install chromium)"; exit 1; }
+	@mkdir -p $(dir $(SCREENSHOT))
+	$(BIN)/recsys report --database $(DATABASE) --out build/report.html
+	chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+		--disable-background-networking --disable-component-update --disable-sync \
+		--user-data-dir=$$(mktemp -d) --screenshot=$(SCREENSHOT) --window-size=1280,2400 \
+		file://$(abspath build/report.html)
 
 clean:
 	rm -rf $(VENV) warehouse *.egg-info .pytest_cache .ruff_cache

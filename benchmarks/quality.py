@@ -74,7 +74,11 @@ def fit_early_stopped(name: str, dataset: Dataset, train, inner_split, config: C
     started = time.monotonic()
     probe = new_model(name, with_interactions(dataset, inner_train), config)
     result = fit(probe, inner_train, inner_valid, settings)
-    valid_ndcg = evaluate_ranking(probe, inner_train, inner_valid, 10, CPU)["ndcg"] if params.get("loss") != "logloss" else float("nan")
+    valid_ndcg = (
+        evaluate_ranking(probe, inner_train, inner_valid, 10, CPU)["ndcg"]
+        if params.get("loss") != "logloss"
+        else float("nan")
+    )
     model = new_model(name, dataset, config)
     fit(model, train, None, settings, epochs=max(result.best_epoch, 1))
     return model, time.monotonic() - started, valid_ndcg

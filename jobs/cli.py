@@ -8,9 +8,11 @@ from jobs.config_cmd import config_group
 from jobs.evaluate import evaluate
 from jobs.nightly import nightly
 from jobs.predict import predict
+from jobs.report import report
 from jobs.rollback import rollback
 from jobs.runs import runs
 from jobs.score import score
+from jobs.show import show_group
 from jobs.train import train
 
 
@@ -22,5 +24,16 @@ def main() -> None:
     input, 73 no space, 75 already running, 1 anything else."""
 
 
-for command in (nightly, train, score, evaluate, predict, runs, rollback, config_group):
+for command in (
+    nightly,
+    train,
+    score,
+    evaluate,
+    predict,
+    runs,
+    rollback,
+    report,
+    show_group,
+    config_group,
+):
     main.add_command(command)

@@ -49,3 +49,5 @@ def nightly(config_path, interactions, database, model, top_n, seed) -> None:
     click.echo(
         f"{summary.selection}; " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.timings.items())
     )
+    if summary.report:
+        click.echo(f"report: {summary.report}")

@@ -4,6 +4,7 @@ rebuild everything without the training data or guessing (loaded with weights_on
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from recsys import __version__
 from recsys.data.idmap import IdMap
 from recsys.errors import DataError, MissingInputError
-from recsys.evaluate import Metric
+from recsys.evaluate import ActivityMetric, Metric
 from recsys.models import build_model
 from recsys.models.base import Recommender
 from recsys.score import SeenMatrix
@@ -35,6 +36,7 @@ class TrainedModel:
     # published for "because you liked" queries.
     history: pl.DataFrame = field(default_factory=pl.DataFrame)
     metrics: list[Metric] = field(default_factory=list)
+    by_activity: list[ActivityMetric] = field(default_factory=list)
     selection: str = ""  # why this model was chosen
     source: str = ""
     num_interactions: int = 0
@@ -60,6 +62,7 @@ def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
         "catalogue": trained.catalogue.to_dict(as_series=False),
         "history": trained.history.to_dict(as_series=False),
         "metrics": [[m.model, m.metric, m.k, m.value] for m in trained.metrics],
+        "by_activity": [list(dataclasses.astuple(a)) for a in trained.by_activity],
         "selection": trained.selection,
         "source": trained.source,
         "num_interactions": trained.num_interactions,
@@ -95,6 +98,7 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
         catalogue=pl.DataFrame(payload["catalogue"]),
         history=pl.DataFrame(payload.get("history", {})),
         metrics=[Metric(*row) for row in payload["metrics"]],
+        by_activity=[ActivityMetric(*row) for row in payload.get("by_activity", [])],
         selection=payload["selection"],
         source=payload["source"],
         num_interactions=payload["num_interactions"],

@@ -121,8 +121,15 @@ class OutputConfig:
     # Free disk needed before writing, as a multiple of the served file's size.
     free_space_factor: float = 2.0
     log_dir: str = ""
-    # Latest interactions per user published in user_history (0 = none).
-    history_n: int = 20
+    # Latest interactions per user published in user_history ("because you liked/watched"
+    # look-ups); 0 = all of them.
+    history_n: int = 0
+    # Write the HTML run report after every publish (a failure there is only a warning).
+    report: bool = True
+    # Where: <report_dir>/report-<run_id>.html and report-latest.html; "" = the database's folder.
+    report_dir: str = ""
+    # Run reports kept in report_dir (oldest deleted first); 0 = keep all.
+    keep_reports: int = 30
 
 
 @dataclass
@@ -224,6 +231,7 @@ MINIMUMS: dict[str, float] = {
     "scoring.similar_items_n": 0,
     "output.keep_archives": 0,
     "output.free_space_factor": 0.0,
+    "output.keep_reports": 0,
     "gate.max_row_ratio": 1.0,
     "gate.max_metric_drop": 0.0,
 }

@@ -62,3 +62,9 @@ class ServedBusyError(RecsysError):
     """Another process has the served file open read-write, which locks everyone else out."""
 
     exit_code = EX_TEMPFAIL
+
+
+class NotFoundError(RecsysError):
+    """A user, item or run that the published tables do not hold."""
+
+    exit_code = EX_SOFTWARE

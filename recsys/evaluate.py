@@ -25,6 +25,33 @@ class Metric:
     value: float
 
 
+# Lower bounds of the training-history-length buckets for accuracy by user activity; fixed
+# (not quantiles) so that one bucket means the same users' kind from run to run.
+ACTIVITY_EDGES = (0, 1, 5, 10, 20, 50, 100, 200, 500)
+
+
+@dataclass(frozen=True)
+class ActivityMetric:
+    """One row of `metrics_by_activity`: NDCG@k over the evaluated users whose training history
+    holds `min_history`..`max_history` interactions (None: no upper bound)."""
+
+    model: str
+    bucket: str  # "5-9", "500+"
+    min_history: int
+    max_history: int | None
+    num_users: int
+    k: int
+    ndcg: float
+
+
+@dataclass
+class Ranking:
+    """Top-K results of the evaluated users (those with relevant held-out items)."""
+
+    metrics: dict[str, float]
+    by_activity: list[ActivityMetric]
+
+
 def evaluate_ranking(
     model: Recommender,
     train: Interactions,
@@ -36,15 +63,31 @@ def evaluate_ranking(
     seed: int = 0,
 ) -> dict[str, float]:
     """Top-K metrics for users with relevant held-out items; `max_users` > 0 samples users."""
+    return rank_held_out(
+        model, train, held_out, k, device, positive_threshold, max_users, seed
+    ).metrics
+
+
+def rank_held_out(
+    model: Recommender,
+    train: Interactions,
+    held_out: Interactions,
+    k: int,
+    device: torch.device,
+    positive_threshold: float = 0.0,
+    max_users: int = 0,
+    seed: int = 0,
+) -> Ranking:
+    """Top-K metrics, overall and by the length of each user's training history."""
     relevant = held_out.positives(positive_threshold).frame.select("user_idx", "item_idx")
     users = np.unique(relevant["user_idx"].to_numpy()).astype(np.int64)
     if max_users and users.size > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     if users.size == 0:
-        return {name: 0.0 for name in metrics.RANKING_METRICS}
+        return Ranking({name: 0.0 for name in metrics.RANKING_METRICS}, [])
     indptr, indices = train.csr()
     scorer = scorer_for(model, device)
-    hits, picked, num_relevant = [], [], []
+    hits, picked, num_relevant, queried = [], [], [], []
     rel_keys = np.sort(
         relevant["user_idx"].to_numpy().astype(np.int64) * train.num_items
         + relevant["item_idx"].to_numpy()
@@ -57,9 +100,36 @@ def evaluate_ranking(
         hits.append((rel_keys[pos] == keys) & valid)
         picked.append(chunk.key_idx[valid])
         num_relevant.append(counts[chunk.query_idx])
-    result = metrics.ranking_metrics(np.concatenate(hits), np.concatenate(num_relevant), k)
+        queried.append(chunk.query_idx)
+    all_hits, all_relevant = np.concatenate(hits), np.concatenate(num_relevant)
+    result = metrics.ranking_metrics(all_hits, all_relevant, k)
     result["coverage"] = metrics.coverage(np.concatenate(picked), train.num_items)
-    return result
+    history = np.diff(indptr)[np.concatenate(queried)]  # (U,) training interactions per user
+    return Ranking(result, by_activity(model.name, all_hits, all_relevant, history, k))
+
+
+def by_activity(
+    model: str,
+    hits: np.ndarray,
+    num_relevant: np.ndarray,
+    history: np.ndarray,
+    k: int,
+    edges: tuple[int, ...] = ACTIVITY_EDGES,
+) -> list[ActivityMetric]:
+    """NDCG@k per bucket of training-history length (empty buckets left out), by the same
+    definition as the overall metric: `ranking_metrics` on that bucket's users."""
+    rows = []
+    for i, low in enumerate(edges):
+        high = edges[i + 1] - 1 if i + 1 < len(edges) else None
+        users = (history >= low) & (num_relevant > 0)
+        if high is not None:
+            users &= history <= high
+        if not users.any():
+            continue
+        label = f"{low}+" if high is None else (str(low) if high == low else f"{low}-{high}")
+        ndcg = metrics.ranking_metrics(hits[users], num_relevant[users], k)["ndcg"]
+        rows.append(ActivityMetric(model, label, low, high, int(users.sum()), k, ndcg))
+    return rows
 
 
 @torch.no_grad()
@@ -109,6 +179,33 @@ def evaluate_auc(
     return metrics.auc(scores, frame["rating"].to_numpy() >= threshold)
 
 
+@dataclass
+class Evaluation:
+    """A model's metric rows and its NDCG by user activity."""
+
+    metrics: list[Metric]
+    by_activity: list[ActivityMetric]
+
+
+def evaluate_all(
+    model: Recommender,
+    train: Interactions,
+    held_out: Interactions,
+    k: int,
+    device: torch.device,
+    positive_threshold: float,
+    rating_range: tuple[float, float],
+) -> Evaluation:
+    """Every metric that applies: ranking at K always (also by user activity), RMSE/MAE for
+    rating models."""
+    ranking = rank_held_out(model, train, held_out, k, device, positive_threshold)
+    rows = [Metric(model.name, name, k, value) for name, value in ranking.metrics.items()]
+    if train.has_ratings and model.predicts_ratings:
+        for name, value in evaluate_ratings(model, held_out, device, *rating_range).items():
+            rows.append(Metric(model.name, name, None, value))
+    return Evaluation(rows, ranking.by_activity)
+
+
 def evaluate_model(
     model: Recommender,
     train: Interactions,
@@ -119,16 +216,7 @@ def evaluate_model(
     rating_range: tuple[float, float],
 ) -> list[Metric]:
     """Every metric that applies: ranking at K always, RMSE/MAE for rating models."""
-    rows = [
-        Metric(model.name, name, k, value)
-        for name, value in evaluate_ranking(
-            model, train, held_out, k, device, positive_threshold
-        ).items()
-    ]
-    if train.has_ratings and model.predicts_ratings:
-        for name, value in evaluate_ratings(model, held_out, device, *rating_range).items():
-            rows.append(Metric(model.name, name, None, value))
-    return rows
+    return evaluate_all(model, train, held_out, k, device, positive_threshold, rating_range).metrics
 
 
 def metrics_frame(rows: list[Metric], run_id: str, split: str) -> pl.DataFrame:
@@ -141,4 +229,32 @@ def metrics_frame(rows: list[Metric], run_id: str, split: str) -> pl.DataFrame:
             "k": pl.Series([r.k for r in rows], dtype=pl.Int32),
             "value": pl.Series([r.value for r in rows], dtype=pl.Float64),
         }
+    )
+
+
+def activity_frame(rows: list[ActivityMetric], run_id: str, split: str) -> pl.DataFrame:
+    """`metrics_by_activity` rows (DDL in sql/ddl/006_metrics_by_activity.sql)."""
+    return pl.DataFrame(
+        {
+            "run_id": [run_id] * len(rows),
+            "model": [r.model for r in rows],
+            "split": [split] * len(rows),
+            "k": pl.Series([r.k for r in rows], dtype=pl.Int32),
+            "bucket": [r.bucket for r in rows],
+            "min_history": pl.Series([r.min_history for r in rows], dtype=pl.Int64),
+            "max_history": pl.Series([r.max_history for r in rows], dtype=pl.Int64),
+            "num_users": pl.Series([r.num_users for r in rows], dtype=pl.Int64),
+            "ndcg": pl.Series([r.ndcg for r in rows], dtype=pl.Float64),
+        },
+        schema={
+            "run_id": pl.String,
+            "model": pl.String,
+            "split": pl.String,
+            "k": pl.Int32,
+            "bucket": pl.String,
+            "min_history": pl.Int64,
+            "max_history": pl.Int64,
+            "num_users": pl.Int64,
+            "ndcg": pl.Float64,
+        },
     )

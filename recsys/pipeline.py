@@ -14,14 +14,14 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from recsys import __version__, faults, gate, logs
+from recsys import __version__, faults, gate, logs, report
 from recsys.checkpoint import TrainedModel
 from recsys.config import Config
 from recsys.data.interactions import Interactions
 from recsys.data.split import temporal_split
 from recsys.dataset import Dataset, load_dataset
 from recsys.errors import ConfigError, DataError, QualityGateError
-from recsys.evaluate import Metric, evaluate_model, metrics_frame
+from recsys.evaluate import ActivityMetric, Metric, activity_frame, evaluate_all, metrics_frame
 from recsys.ledger import now_iso
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
 from recsys.models import build_model, model_class
@@ -46,6 +46,7 @@ class RunSummary:
     database: str
     selection: str
     timings: dict[str, float] = field(default_factory=dict)
+    report: str = ""  # the run report's path, "" when none was written
 
 
 class Timer:
@@ -121,6 +122,7 @@ class Comparison:
     scores: dict[str, tuple[float, int]]  # name -> (selection metric value, best epoch)
     best: str
     selection: str  # one line: who won, by how much
+    by_activity: list[ActivityMetric] = field(default_factory=list)
 
 
 def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -> Comparison:
@@ -137,6 +139,7 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
         )
     k, metric = config.model.selection_k, config.model.selection_metric
     all_metrics: list[Metric] = []
+    all_activity: list[ActivityMetric] = []
     scores: dict[str, tuple[float, int]] = {}
     for name in names:
         model = new_model(name, dataset, config)
@@ -144,8 +147,10 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
             log.info("skipping %s: it needs ratings and %s has none", name, data.source)
             continue
         result = fit(model, train, valid, settings)
-        rows = evaluate_model(model, train, valid, k, device, config.data.positive_threshold,
-                              (config.data.min_rating, config.data.max_rating))  # fmt: skip
+        evaluation = evaluate_all(model, train, valid, k, device, config.data.positive_threshold,
+                                  (config.data.min_rating, config.data.max_rating))  # fmt: skip
+        rows = evaluation.metrics
+        all_activity += evaluation.by_activity
         rows.append(Metric(name, "train_seconds", None, round(result.seconds, 3)))
         all_metrics += rows
         value = next((r.value for r in rows if r.metric == metric), None)
@@ -164,15 +169,15 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
     if len(ranked) > 1:
         selection += f" (runner-up {ranked[1]}: {scores[ranked[1]][0]:.4f})"
     log.info(selection)
-    return Comparison(all_metrics, scores, best, selection)
+    return Comparison(all_metrics, scores, best, selection, all_activity)
 
 
 def recent_history(data: Interactions, n: int) -> pl.DataFrame:
-    """Each user's latest `n` interactions with raw IDs; recency 1 is the latest."""
+    """Each user's latest `n` (0 = all) interactions with raw IDs; recency 1 is the latest."""
     latest = (
         data.frame.sort("timestamp", descending=True)
         .with_columns(pl.int_range(1, pl.len() + 1).over("user_idx").alias("recency"))
-        .filter(pl.col("recency") <= n)
+        .filter((pl.col("recency") <= n) | (n <= 0))
         .sort("user_idx", "recency")
     )
     return pl.DataFrame(
@@ -213,6 +218,7 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
         catalogue=dataset.catalogue,
         history=recent_history(data, config.output.history_n),
         metrics=comparison.metrics,
+        by_activity=comparison.by_activity,
         selection=comparison.selection,
         source=data.source,
         num_interactions=len(data),
@@ -234,7 +240,9 @@ def stage_results(
     """Build the new database in the staging folder; returns it (closed) and row counts."""
     top = config.scoring.top_n
     warehouse.check_free_space(
-        len(trained.users) * top + len(trained.items) * config.scoring.similar_items_n
+        len(trained.users) * top
+        + len(trained.items) * config.scoring.similar_items_n
+        + trained.history.height
     )
     staged = warehouse.stage(
         run_id, duckdb_type(trained.users.dtype), duckdb_type(trained.items.dtype)
@@ -254,7 +262,9 @@ def stage_results(
             num_similar = _stage_similar_items(staged, trained, config, run_id, device)
         staged.insert_frame("items", trained.catalogue)
         if trained.history.height:
-            staged.insert_frame("user_history", trained.history)
+            staged.insert_frame(
+                "user_history", trained.history.with_columns(pl.lit(run_id).alias("run_id"))
+            )
         return staged, num_rows, num_similar
     except BaseException:
         warehouse.discard(staged)
@@ -356,6 +366,11 @@ def publish_trained(
                 "metrics",
                 pl.concat([old_metrics, new_metrics]) if old_metrics is not None else new_metrics,
             )
+            new_activity = activity_frame(trained.by_activity, run_id, "validation")
+            old_activity = previous.by_activity if previous is not None else None
+            if old_activity is not None and old_activity.height:
+                new_activity = pl.concat([old_activity.cast(new_activity.schema), new_activity])
+            staged.insert_frame("metrics_by_activity", new_activity)
             staged.close()
             faults.point("gated")
             warehouse.publish(staged, run_id)
@@ -451,6 +466,8 @@ def run_job(config: Config, make_trained, run_id: str | None = None) -> RunSumma
                 for m in trained.metrics
             },
         )
+        if config.output.report:  # published already: a failed report is only a warning
+            summary.report = report.publish_report(config.output, warehouse.served, run_id)
         return summary
 
 

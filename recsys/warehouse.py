@@ -75,6 +75,14 @@ def open_read_only(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
 
 
+def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether the open database has `table` (files published by older versions may not)."""
+    found = con.execute(
+        "select count(*) from information_schema.tables where table_name = ?", [table]
+    ).fetchall()
+    return bool(found[0][0])
+
+
 def move_aside(wal: Path) -> None:
     """Rename a stale WAL out of DuckDB's way, keeping it for inspection."""
     os.replace(wal, wal.with_name(f"{wal.name}.stale-{new_run_id()}"))
@@ -114,6 +122,7 @@ class Published:
     runs: pl.DataFrame
     metrics: pl.DataFrame
     num_rows: int
+    by_activity: pl.DataFrame | None = None  # None: published before the table existed
 
 
 class ArrowWriter:
@@ -336,6 +345,11 @@ class Warehouse:
                 runs = con.sql("select * from runs order by run_id").pl()
                 metrics = con.sql("select * from metrics").pl()
                 num_rows = con.sql("select count(*) from recommendations").fetchall()[0][0]
+                by_activity = (
+                    con.sql("select * from metrics_by_activity").pl()
+                    if has_table(con, "metrics_by_activity")
+                    else None
+                )
         except (MissingInputError, duckdb.Error) as exc:
             # Not publishing over it: the gate has nothing to compare with, and the operator
             # should see this. Rollback does not read it, so it is the way out.
@@ -350,7 +364,7 @@ class Warehouse:
             ) from None
         own = runs.filter(pl.col("status") == "published")
         run_id = own["run_id"][-1] if own.height else ""
-        return Published(run_id, runs, metrics, int(num_rows))
+        return Published(run_id, runs, metrics, int(num_rows), by_activity)
 
     def publish(self, staged: StagedDatabase, run_id: str) -> None:
         """Archive the closed staged file, then atomically make it the served one."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -13,6 +15,9 @@ import pytest
 from recsys import synthetic
 
 RECSYS = str(Path(sys.executable).parent / "recsys")
+# The nightly's HTML report costs about a second of CPU per publish and the suite publishes
+# about a hundred times: off for the suite; the report tests (two_runs) turn it back on.
+os.environ.setdefault("RECSYS_OUTPUT_REPORT", "false")
 
 # A small, fast configuration for end-to-end runs (a few seconds each on 2 cores).
 FAST_CONFIG = """
@@ -67,3 +72,73 @@ def read_table(database: Path, sql: str) -> pl.DataFrame:
 
     with duckdb.connect(str(database), read_only=True) as con:
         return con.sql(sql).pl()
+
+
+@dataclass
+class TwoRuns:
+    """A warehouse with two published runs, and what readers saw while the second published."""
+
+    database: Path
+    run_ids: list[str]  # oldest first
+    user_id: object  # a user and an item of the first run (as their key type)
+    item_id: object
+    nightly_stdout: str  # the second run's
+    during_publish: dict[str, subprocess.CompletedProcess]
+
+
+@pytest.fixture(scope="session")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> TwoRuns:
+    """Two published runs of FAST_CONFIG with candidates mf_bias and bpr (both have item
+    vectors, so similar_items is filled). The second is paused between its archive link and
+    its replace, a publish in progress, while `show user`, `show item` and `report` read the
+    served file; their results are kept for the tests to check."""
+    folder = tmp_path_factory.mktemp("two_runs")
+    config = folder / "recsys.toml"
+    config.write_text(FAST_CONFIG)
+    database = folder / "recs.duckdb"
+    env = {"RECSYS_MODEL_CANDIDATES": "mf_bias,bpr", "RECSYS_OUTPUT_REPORT": "true"}
+    first = run_cli("nightly", "--config", str(config), "--database", str(database), env=env)
+    assert first.returncode == 0, first.stderr
+    with_ids = read_table(
+        database,
+        "select (select min(run_id) from recommendations) as run_id, "
+        "(select min(user_id) from recommendations) as user_id, "
+        "(select min(item_id) from similar_items) as item_id",
+    ).row(0, named=True)
+    resume, err = folder / "resume", folder / "second.err"
+    with err.open("w") as stderr:
+        second = subprocess.Popen(
+            [RECSYS, "nightly", "--config", str(config), "--database", str(database)],
+            env={
+                **os.environ,
+                **env,
+                "RECSYS_FAULT_PAUSE": "archived:120",
+                "RECSYS_FAULT_RESUME": str(resume),
+            },  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while "pausing" not in err.read_text():
+                assert second.poll() is None, f"exited {second.returncode}:\n{err.read_text()}"
+                assert time.monotonic() < deadline, err.read_text()
+                time.sleep(0.05)
+            db = str(database)
+            during = {
+                "user": run_cli(
+                    "show", "user", str(with_ids["user_id"]), "--database", db, "--tsv"
+                ),
+                "item": run_cli(
+                    "show", "item", str(with_ids["item_id"]), "--database", db, "--tsv"
+                ),
+                "report": run_cli("report", "--database", db, "--out", str(folder / "during.html")),
+            }
+        finally:
+            resume.touch()
+        stdout, _ = second.communicate(timeout=240)
+    assert second.returncode == 0, err.read_text()
+    second_id = read_table(database, "select min(run_id) as r from recommendations")["r"][0]
+    return TwoRuns(database, [with_ids["run_id"], second_id], with_ids["user_id"],
+                   with_ids["item_id"], stdout, during)  # fmt: skip

@@ -105,12 +105,15 @@ def read_served(database: Path) -> Served:
         rec_runs = [r[0] for r in con.sql("select distinct run_id from recommendations").fetchall()]
         num_rows = con.sql("select count(*) from recommendations").fetchall()[0][0]
         sim_runs = {r[0] for r in con.sql("select distinct run_id from similar_items").fetchall()}
+        sim_runs |= {r[0] for r in con.sql("select distinct run_id from user_history").fetchall()}
         runs = con.sql(
             "select run_id, num_rows from runs where status = 'published' order by run_id"
         ).fetchall()
     assert len(rec_runs) == 1, f"{database}: recommendations from runs {rec_runs}"
     (run_id,) = rec_runs
-    assert sim_runs <= {run_id}, f"{database}: similar_items from runs {sim_runs}, not {run_id}"
+    assert sim_runs <= {run_id}, (
+        f"{database}: similar_items or user_history from runs {sim_runs}, not {run_id}"
+    )
     assert runs and runs[-1][0] == run_id, f"{database}: runs table says {runs}, rows say {run_id}"
     assert runs[-1][1] == num_rows > 0, f"{database}: {num_rows} rows, runs table says {runs[-1]}"
     return Served(run_id, num_rows)

@@ -5,24 +5,16 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import TwoRuns
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SQL_FILES = sorted(SQL_DIR.rglob("*.sql"))
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.conftest import FAST_CONFIG
-
-    tmp = tmp_path_factory.mktemp("sql")
-    (tmp / "recsys.toml").write_text(FAST_CONFIG)
-    db = tmp / "recs.duckdb"
-    result = run_cli(
-        "nightly", "--config", str(tmp / "recsys.toml"), "--database", str(db), "--model", "ials"
-    )
-    assert result.returncode == 0, result.stderr
-    return db
+def published(two_runs: TwoRuns) -> Path:
+    """A published database with similar_items and user_history filled (two runs of history)."""
+    return two_runs.database
 
 
 def test_sql_folder_has_ddl_and_queries() -> None:
@@ -33,6 +25,10 @@ def test_sql_folder_has_ddl_and_queries() -> None:
         "user_recommendations.sql",
         "most_recommended.sql",
         "run_history.sql",
+        "similar_items.sql",
+        "because_you_watched.sql",
+        "006_metrics_by_activity.sql",
+        "007_user_history.sql",
     } <= names
 
 
@@ -41,7 +37,9 @@ def test_sql_file_runs(published: Path, path: Path) -> None:
     read_only = "ddl" not in path.parts  # DDL is idempotent: it must run on the published file too
     with duckdb.connect(str(published), read_only=read_only) as con:
         first_user = con.sql("select min(user_id) from recommendations").fetchall()[0][0]
-        con.execute(f"set variable user_id = {first_user!r}")
+        first_item = con.sql("select min(item_id) from similar_items").fetchall()[0][0]
+        con.execute("set variable user_id = ?", [first_user])
+        con.execute("set variable item_id = ?", [first_item])
         rows = con.sql(path.read_text()).fetchall() if read_only else con.execute(path.read_text())
         if read_only:
             assert rows, f"{path.name} returned no rows"

@@ -1,0 +1,9 @@
+-- Each user's interactions as the model saw them (its latest output.history_n; 0 = all): what
+-- scoring excluded, and what "because you liked / watched" look-ups start from.
+create table if not exists user_history (
+    user_id user_key not null,
+    item_id item_key not null,
+    timestamp bigint,  -- Unix seconds (file order when the source has no timestamps)
+    recency integer not null,  -- 1 = the user's latest interaction
+    run_id varchar not null
+);
