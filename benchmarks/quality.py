@@ -199,8 +199,17 @@ def auc_section(dataset: Dataset, config: Config) -> list[str]:
         "|---|---|---|---|",
     ]
     for name, params in AUC_MODELS.items():
-        model, seconds, _ = fit_early_stopped(name, dataset, train, lambda t: random_split(t, 0.1, config.training.seed + 1), config, **params)
-        lines.append(f"| {name} | {params or 'defaults'} | {evaluate_auc(model, test, CPU, 4.0):.4f} | {seconds:.0f} |")
+        model, seconds, _ = fit_early_stopped(
+            name,
+            dataset,
+            train,
+            lambda t: random_split(t, 0.1, config.training.seed + 1),
+            config,
+            **params,
+        )
+        lines.append(
+            f"| {name} | {params or 'defaults'} | {evaluate_auc(model, test, CPU, 4.0):.4f} | {seconds:.0f} |"
+        )
         print(lines[-1], flush=True)
     return lines
 
