@@ -253,7 +253,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ML100K)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("QUALITY.md"))
-    parser.add_argument("--models", default="popularity,mf_bias,bpr,fm,deepfm")
+    parser.add_argument("--models", default="popularity,mf_bias,bpr,ials,fm,deepfm")
     args = parser.parse_args()
     if not (args.data / "u.data").exists():
         raise SystemExit(
