@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -63,11 +64,16 @@ class Group:
             else:
                 dist.barrier()
         except RuntimeError as exc:  # torch's DistError included
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RecsysError(
-                f"rank {self.rank}: lost the other ranks at the barrier ({first}); "
-                "one of them failed or was killed"
+                f"rank {self.rank}: lost the other ranks at the barrier ({_reason(exc)})"
             ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The gist of a backend error: gloo's first line without its source location and advice
+    ('[…/pair.cc:553] Connection closed by peer [10.0.0.2]:4242. This is typically …')."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]
 
 
 def _device(name: str, local_rank: int, local_world_size: int) -> torch.device:

@@ -21,7 +21,7 @@ from recsys.data.interactions import Interactions
 from recsys.data.split import temporal_split
 from recsys.dataset import Dataset, load_dataset
 from recsys.distributed import Group, stop_on_sigterm
-from recsys.errors import ConfigError, DataError, QualityGateError
+from recsys.errors import ConfigError, DataError, QualityGateError, RecsysError
 from recsys.evaluate import ActivityMetric, Metric, activity_frame, evaluate_all, metrics_frame
 from recsys.ledger import now_iso
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
@@ -566,16 +566,16 @@ def score_parts(config: Config, checkpoint: Path, parts: Path, group: Group) -> 
             shard.write_shard(trained, fingerprint, parts, 0, group.world_size, config.scoring,
                               group.device, str(checkpoint))  # fmt: skip
         with timer.phase("barrier"):
-            group.barrier()
+            try:
+                group.barrier()
+            except RecsysError as exc:
+                raise RecsysError(f"{exc}; {shard.unfinished(parts, group.world_size)}") from None
         return _stage_checked_parts(trained, checkpoint, parts, run_id, warehouse, timer,
                                     fingerprint)  # fmt: skip
 
-    def failed_ranks() -> str:
-        return "; ".join(f"rank {r}: {e}" for r, e in shard.reported_errors(parts).items())
-
     if not group.backend:
         return run_job(config, make_trained, stage=stage)
-    with stop_on_sigterm(failed_ranks):
+    with stop_on_sigterm(lambda: shard.unfinished(parts, group.world_size)):
         return run_job(config, make_trained, stage=stage)
 
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -49,6 +50,7 @@ TABLES = {"recommendations": "user_id", "similar_items": "item_id"}
 # Rows per Parquet row group: large enough for fast scans, small enough to buffer (~30 MB).
 ROW_GROUP_ROWS = 1 << 20
 _HASH_BLOCK = 8 << 20
+MANIFEST_NAME = re.compile(r"manifest-(\d{5})-of-(\d{5})\.json")
 
 
 def shard_range(num: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -143,6 +145,16 @@ def reported_errors(folder: Path) -> dict[int, str]:
             report = json.loads(path.read_text())
             errors[int(report["rank"])] = str(report["error"])
     return errors
+
+
+def unfinished(folder: Path, world_size: int) -> str:
+    """Which ranks have no manifest yet, with the errors failed ones reported ("" if none)."""
+    errors = reported_errors(folder)
+    missing = [r for r in range(world_size) if not manifest_path(folder, r, world_size).exists()]
+    return "; ".join(
+        f"rank {r} of {world_size} " + (f"failed: {errors[r]}" if r in errors else "unfinished")
+        for r in missing
+    )
 
 
 # ------------------------------------------------------------------------------ writing
@@ -323,7 +335,9 @@ def read_parts(
         raise MissingInputError(f"{folder}: no such folder (expected the --parts folder of `recsys score`)")  # fmt: skip
     manifests: dict[str, dict] = {}
     problems: list[str] = []
-    for path in sorted(folder.glob("manifest-*.json")):
+    for path in sorted(
+        p for p in folder.glob("manifest-*.json") if MANIFEST_NAME.fullmatch(p.name)
+    ):
         try:
             manifest = json.loads(path.read_text())
             if manifest.get("format") != FORMAT:
@@ -331,19 +345,21 @@ def read_parts(
             manifests[path.name] = manifest
         except (OSError, ValueError, AttributeError) as exc:
             problems.append(f"{path.name}: unreadable ({str(exc).splitlines()[0]})")
-    sizes = sorted({int(m["world_size"]) for m in manifests.values()})
+    # by file name: a manifest copied under another rank's name is caught below, by content
+    sizes = sorted({int(MANIFEST_NAME.fullmatch(name)[2]) for name in manifests})
     if len(sizes) > 1:
-        raise DataError(f"{folder}: parts of different runs (world sizes {', '.join(map(str, sizes))}); "
-                        "use one folder per run, nothing was published")  # fmt: skip
+        raise _refused(folder, [f"manifests of different runs (world sizes "
+                                f"{', '.join(map(str, sizes))}); use one folder per run"])  # fmt: skip
     if not sizes:
-        raise DataError(f"{folder}: no manifest-*.json (no rank has finished); "
-                        "run `recsys score --parts` first, nothing was published")  # fmt: skip
+        raise _refused(folder, ["no manifest-*.json (no rank has finished); "
+                                "run `recsys score --parts` first"])  # fmt: skip
     world = sizes[0]
     by_rank: dict[int, dict] = {}
     for name, manifest in manifests.items():
-        rank = manifest.get("rank")
-        if not isinstance(rank, int) or manifest_path(folder, rank, world).name != name:
-            problems.append(f"{name}: says rank {rank} of {world} (a copied manifest?)")
+        says = (manifest.get("rank"), manifest.get("world_size"))
+        rank, size = (int(n) for n in MANIFEST_NAME.fullmatch(name).groups())
+        if says != (rank, size):
+            problems.append(f"{name}: says rank {says[0]} of {says[1]} (a copied manifest?)")
         else:
             by_rank[rank] = manifest
     errors = reported_errors(folder)
@@ -358,11 +374,12 @@ def read_parts(
     reference = by_rank.get(min(by_rank)) if by_rank else None
     for rank, manifest in sorted(by_rank.items()):
         problems += _check_manifest(folder, rank, manifest, reference, fingerprint)
-    listed = {m["tables"][t]["file"] for m in by_rank.values() for t in m["tables"]}
+    # Parts of missing ranks are reported as such; any other Parquet file there is a stray.
+    named = {part_file(t, r, world) for t in TABLES for r in range(world)}
     for table in TABLES:
         for path in sorted((folder / table).glob("*.parquet")):
             name = f"{table}/{path.name}"
-            if name not in listed and not path.name.startswith("."):
+            if name not in named and not path.name.startswith("."):
                 problems.append(f"{name}: not in any manifest (a duplicate or a part of "
                                 f"another run?); move it out of {folder}")  # fmt: skip
     if not problems:
@@ -370,9 +387,12 @@ def read_parts(
         problems = _check_rows(parts, trained)
     if problems:
         rerun = f"recsys score --checkpoint {checkpoint or 'CHECKPOINT'} --parts {folder} --shard K/{world}"
-        raise DataError(f"{folder}: parts refused, nothing was published: {'; '.join(problems)} "
-                        f"(re-run a rank K with `{rerun}`)")  # fmt: skip
+        raise _refused(folder, problems, f" (re-run a rank K with `{rerun}`)")
     return parts
+
+
+def _refused(folder: Path, problems: list[str], hint: str = "") -> DataError:
+    return DataError(f"{folder}: parts refused, nothing was published: {'; '.join(problems)}{hint}")
 
 
 def _check_manifest(
