@@ -114,7 +114,11 @@ def end_to_end(checkpoint: Path, work: Path, ranks: int, threads: int, top_n: in
     start = time.monotonic()
     done = subprocess.run(command, env=env_for(threads, top_n), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    return slowest(parts), time.monotonic() - start
+    wall = time.monotonic() - start
+    ledger = database.parent / "recs.runs.jsonl"
+    timings = json.loads(ledger.read_text().splitlines()[-1])["timings"]
+    print(f"  run phases (s): {json.loads(timings) if isinstance(timings, str) else timings}")
+    return slowest(parts), wall
 
 
 def main() -> None:
