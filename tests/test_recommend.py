@@ -124,3 +124,16 @@ def test_similar_items_equal_dense_cosine(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         got["score"].to_numpy(), values.flatten().numpy(), rtol=1e-5, atol=1e-5
     )
+
+
+def test_routed_lists_are_the_same_in_bfloat16(tmp_path: Path) -> None:
+    """Cold users force the routed scorer; its bf16 factors must give the fp32 lists."""
+    _, config = _write_planted(tmp_path, cold_users=24, new_items=12)
+    trained = _train(config, "ials")
+    lists = [
+        _table(recommendation_batches(trained, 10, "r", CPU, dtype, 0)).select(
+            "user_id", "rank", "item_id"
+        )
+        for dtype in (torch.float32, torch.bfloat16)
+    ]
+    assert lists[0].equals(lists[1])
