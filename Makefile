@@ -7,7 +7,7 @@ CONFIG ?= recsys.toml
 SIZES ?= 943x1682,100000x20000,200000x50000
 BENCH_ARGS ?=
 
-.PHONY: install nightly test lint format bench quality report-screenshot clean
+.PHONY: install nightly test lint format bench bench-shards quality report-screenshot clean
 
 install: $(BIN)/recsys
 
@@ -34,6 +34,12 @@ lint: install
 format: install
 	$(BIN)/ruff format recsys jobs tests benchmarks
 	$(BIN)/ruff check --fix recsys jobs tests benchmarks
+
+# One process x 2 threads against 2 ranks x 1 thread (docs/scaling.md); SHARDS_ARGS for more,
+# e.g. SHARDS_ARGS="--users 5000 --items 1000000 --no-end-to-end".
+SHARDS_ARGS ?=
+bench-shards: install
+	$(BIN)/python benchmarks/bench_shards.py $(SHARDS_ARGS)
 
 # Quality on MovieLens-100K (needs ../shared/data/ml-100k): writes benchmarks/QUALITY.md.
 quality: install

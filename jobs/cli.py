@@ -6,8 +6,10 @@ import click
 
 from jobs.config_cmd import config_group
 from jobs.evaluate import evaluate
+from jobs.export import export
 from jobs.nightly import nightly
 from jobs.predict import predict
+from jobs.publish import publish
 from jobs.report import report
 from jobs.rollback import rollback
 from jobs.runs import runs
@@ -28,6 +30,8 @@ for command in (
     nightly,
     train,
     score,
+    publish,
+    export,
     evaluate,
     predict,
     runs,

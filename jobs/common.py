@@ -63,6 +63,8 @@ def handle_errors(f: Callable) -> Callable:
         logs.configure()
         try:
             return f(*args, **kwargs)
+        except click.ClickException:
+            raise  # usage errors found in the command itself: Click's own message and exit 2
         except RecsysError as exc:
             log.debug("failed", exc_info=True)
             click.echo(f"error: {exc}", err=True)

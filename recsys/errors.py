@@ -8,6 +8,7 @@ EX_DATAERR = 65  # bad input data or a failed quality gate
 EX_NOINPUT = 66  # an input file missing or unreadable
 EX_CANTCREAT = 73  # not enough free disk to build the new database
 EX_TEMPFAIL = 75  # another run holds the lock (or the served file); try later
+EX_TERMINATED = 143  # stopped by SIGTERM (128 + 15, as a shell reports it)
 
 
 class RecsysError(Exception):
@@ -68,3 +69,9 @@ class NotFoundError(RecsysError):
     """A user, item or run that the published tables do not hold."""
 
     exit_code = EX_SOFTWARE
+
+
+class Terminated(RecsysError):
+    """Stopped by SIGTERM (under torchrun: another rank failed); nothing was published."""
+
+    exit_code = EX_TERMINATED

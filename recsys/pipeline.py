@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,21 +14,26 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from recsys import __version__, faults, gate, logs, report
-from recsys.checkpoint import TrainedModel
+from recsys import __version__, faults, gate, logs, report, shard
+from recsys.checkpoint import TrainedModel, load_checkpoint
 from recsys.config import Config
 from recsys.data.interactions import Interactions
 from recsys.data.split import temporal_split
 from recsys.dataset import Dataset, load_dataset
-from recsys.errors import ConfigError, DataError, QualityGateError
+from recsys.distributed import Group, stop_on_sigterm
+from recsys.errors import ConfigError, DataError, QualityGateError, RecsysError
 from recsys.evaluate import ActivityMetric, Metric, activity_frame, evaluate_all, metrics_frame
 from recsys.ledger import now_iso
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
 from recsys.models import build_model, model_class
 from recsys.models.base import Recommender
 from recsys.models.fm import feature_args
-from recsys.recommend import recommendation_batches, similar_item_batches
-from recsys.score import SeenMatrix, resolve_device
+from recsys.recommend import (
+    recommendation_batches,
+    similar_item_batches,
+    similar_items_skipped,
+)
+from recsys.score import SeenMatrix, resolve_device, scoring_dtype
 from recsys.train import TrainSettings, fit
 from recsys.warehouse import StagedDatabase, Warehouse, duckdb_type
 
@@ -229,37 +234,26 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
 # ----------------------------------------------------------------------- score + publish
 
 
-def stage_results(
+Stager = Callable[[TrainedModel, str, Warehouse, Timer], tuple[StagedDatabase, int, int]]
+"""(trained, run_id, warehouse, timer) -> the staged database (closed) and its row counts of
+recommendations and similar_items: where a run's rows come from (scoring, or Parquet parts)."""
+
+
+def _stage(
     trained: TrainedModel,
-    config: Config,
     run_id: str,
     warehouse: Warehouse,
-    timer: Timer,
-    device: torch.device,
+    expected_rows: int,
+    fill: Callable[[StagedDatabase], tuple[int, int]],
 ) -> tuple[StagedDatabase, int, int]:
-    """Build the new database in the staging folder; returns it (closed) and row counts."""
-    top = config.scoring.top_n
-    warehouse.check_free_space(
-        len(trained.users) * top
-        + len(trained.items) * config.scoring.similar_items_n
-        + trained.history.height
-    )
+    """Check free space, create the staged database, `fill` its recommendations and
+    similar_items, add the catalogue and histories; discarded again on any failure."""
+    warehouse.check_free_space(expected_rows + trained.history.height)
     staged = warehouse.stage(
         run_id, duckdb_type(trained.users.dtype), duckdb_type(trained.items.dtype)
     )
     try:
-        with timer.phase("score"):
-            batches = recommendation_batches(
-                trained,
-                top,
-                run_id,
-                device,
-                _dtype(config.scoring.dtype),
-                config.scoring.memory_budget_bytes,
-            )
-            num_rows = staged.write_batches("recommendations", batches)
-        with timer.phase("similar_items"):
-            num_similar = _stage_similar_items(staged, trained, config, run_id, device)
+        num_rows, num_similar = fill(staged)
         staged.insert_frame("items", trained.catalogue)
         if trained.history.height:
             staged.insert_frame(
@@ -271,26 +265,64 @@ def stage_results(
         raise
 
 
+def stage_results(
+    trained: TrainedModel,
+    config: Config,
+    run_id: str,
+    warehouse: Warehouse,
+    timer: Timer,
+    device: torch.device,
+) -> tuple[StagedDatabase, int, int]:
+    """Build the new database in the staging folder by scoring every user here; returns it
+    (closed) and row counts."""
+    top = config.scoring.top_n
+
+    def fill(staged: StagedDatabase) -> tuple[int, int]:
+        with timer.phase("score"):
+            batches = recommendation_batches(
+                trained,
+                top,
+                run_id,
+                device,
+                scoring_dtype(config.scoring.dtype),
+                config.scoring.memory_budget_bytes,
+            )
+            num_rows = staged.write_batches("recommendations", batches)
+        with timer.phase("similar_items"):
+            num_similar = _stage_similar_items(staged, trained, config, run_id, device)
+        return num_rows, num_similar
+
+    expected = len(trained.users) * top + len(trained.items) * config.scoring.similar_items_n
+    return _stage(trained, run_id, warehouse, expected, fill)
+
+
 def _stage_similar_items(
     staged: StagedDatabase, trained: TrainedModel, config: Config, run_id: str, device: torch.device
 ) -> int:
     n = config.scoring.similar_items_n
-    reps = trained.model.item_representations()
-    if n <= 0 or reps.shape[1] < 2:
-        log.info(
-            "similar_items: skipped (%s)",
-            "disabled" if n <= 0 else f"{trained.model.name} has no item vectors",
-        )
+    skipped = similar_items_skipped(trained, n)
+    if skipped:
+        log.info("similar_items: skipped (%s)", skipped)
         return 0
     batches = similar_item_batches(trained, n, run_id, device, config.scoring.memory_budget_bytes)
     return staged.write_batches("similar_items", batches)
 
 
-def _dtype(name: str) -> torch.dtype:
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if name not in dtypes:
-        raise ConfigError(f"scoring.dtype '{name}' unknown (expected one of: {', '.join(dtypes)})")
-    return dtypes[name]
+def stage_parts(
+    trained: TrainedModel, parts: shard.Parts, run_id: str, warehouse: Warehouse, timer: Timer
+) -> tuple[StagedDatabase, int, int]:
+    """Build the new database from checked Parquet parts (`shard.read_parts`), loaded in rank
+    order: the parts are consecutive ID ranges, so the tables stay sorted by ID."""
+
+    def fill(staged: StagedDatabase) -> tuple[int, int]:
+        with timer.phase("load_parts"):
+            return (
+                staged.load_parquet("recommendations", parts.files("recommendations"), run_id),
+                staged.load_parquet("similar_items", parts.files("similar_items"), run_id),
+            )
+
+    expected = parts.rows("recommendations") + parts.rows("similar_items")
+    return _stage(trained, run_id, warehouse, expected, fill)
 
 
 def run_row(
@@ -334,11 +366,18 @@ def publish_trained(
     started_at: str,
     warehouse: Warehouse,
     timer: Timer,
+    stage: Stager | None = None,
 ) -> RunSummary:
-    """Stage, gate and publish one run of a trained model (the lock must be held)."""
-    device = resolve_device(config.scoring.device)
+    """Stage (by default: score every user here), gate and publish one run of a trained model
+    (the lock must be held)."""
     previous = warehouse.published()
-    staged, num_rows, num_similar = stage_results(trained, config, run_id, warehouse, timer, device)
+    if stage is None:
+        device = resolve_device(config.scoring.device)
+        staged, num_rows, num_similar = stage_results(
+            trained, config, run_id, warehouse, timer, device
+        )
+    else:
+        staged, num_rows, num_similar = stage(trained, run_id, warehouse, timer)
     faults.point("staged")
     try:
         with timer.phase("publish"):
@@ -414,10 +453,13 @@ def _as_text(value: object) -> object:
     return json.dumps(value) if isinstance(value, dict | list) else value
 
 
-def run_job(config: Config, make_trained, run_id: str | None = None) -> RunSummary:
+def run_job(
+    config: Config, make_trained, run_id: str | None = None, stage: Stager | None = None
+) -> RunSummary:
     """Lock, record the run in the ledger, build the model with `make_trained(timer)`,
-    publish. Any failure is recorded as 'failed' with its one-line reason, then re-raised.
-    Without `run_id` one is made under the lock, so published ids only go forwards."""
+    stage its rows with `stage` (default: score them here), gate and publish. Any failure is
+    recorded as 'failed' with its one-line reason, then re-raised. Without `run_id` one is
+    made under the lock, so published ids only go forwards."""
     warehouse = Warehouse(
         config.output.database, config.output.keep_archives, config.output.free_space_factor
     )
@@ -433,7 +475,7 @@ def run_job(config: Config, make_trained, run_id: str | None = None) -> RunSumma
             faults.point("locked")
             trained = make_trained(timer)
             faults.point("trained")
-            summary = publish_trained(trained, config, run_id, started_at, warehouse, timer)
+            summary = publish_trained(trained, config, run_id, started_at, warehouse, timer, stage)
         except BaseException as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.debug("run failed: %s", reason, exc_info=True)
@@ -480,3 +522,93 @@ def nightly(config: Config, run_id: str | None = None) -> RunSummary:
             return train_and_choose(dataset, config, device)
 
     return run_job(config, make_trained, run_id)
+
+
+# ------------------------------------------------------------------------- sharded runs
+
+
+def score_shard(
+    config: Config,
+    checkpoint: Path,
+    parts: Path,
+    rank: int,
+    world_size: int,
+    device: torch.device | None = None,
+) -> dict:
+    """Score rank `rank` of `world_size` with the checkpoint into the parts folder; returns
+    its manifest. A failure leaves `error-….json` there for the publishing step to report."""
+    with shard.reporting_errors(parts, rank, world_size):
+        trained = load_checkpoint(checkpoint)
+        fingerprint = shard.checkpoint_fingerprint(checkpoint)
+        device = device or resolve_device(config.scoring.device)
+        return shard.write_shard(trained, fingerprint, parts, rank, world_size, config.scoring,
+                                 device, str(checkpoint))  # fmt: skip
+
+
+def score_parts(config: Config, checkpoint: Path, parts: Path, group: Group) -> RunSummary | None:
+    """Every rank of `group` scores its shard into `parts`; rank 0, which holds the run (lock,
+    ledger) from the start, waits for all of them at a barrier, then checks the parts and
+    publishes them as one run. Returns its summary on rank 0, None on the others."""
+    if group.rank != 0:
+        score_shard(config, checkpoint, parts, group.rank, group.world_size, group.device)
+        group.barrier()
+        return None
+
+    def make_trained(timer: Timer) -> TrainedModel:
+        with timer.phase("load"):
+            return load_checkpoint(checkpoint)
+
+    def stage(
+        trained: TrainedModel, run_id: str, warehouse: Warehouse, timer: Timer
+    ) -> tuple[StagedDatabase, int, int]:
+        with timer.phase("score"), shard.reporting_errors(parts, 0, group.world_size):
+            fingerprint = shard.checkpoint_fingerprint(checkpoint)
+            shard.write_shard(trained, fingerprint, parts, 0, group.world_size, config.scoring,
+                              group.device, str(checkpoint))  # fmt: skip
+        with timer.phase("barrier"):
+            try:
+                group.barrier()
+            except RecsysError as exc:
+                raise RecsysError(f"{exc}; {shard.unfinished(parts, group.world_size)}") from None
+        return _stage_checked_parts(trained, checkpoint, parts, run_id, warehouse, timer,
+                                    fingerprint)  # fmt: skip
+
+    if not group.backend:
+        return run_job(config, make_trained, stage=stage)
+    with stop_on_sigterm(lambda: shard.unfinished(parts, group.world_size)):
+        return run_job(config, make_trained, stage=stage)
+
+
+def publish_parts(config: Config, checkpoint: Path, parts: Path) -> RunSummary:
+    """Check the parts that `score --parts` wrote (every rank present and whole, from this
+    checkpoint) and publish them as one run; any problem publishes nothing."""
+
+    def make_trained(timer: Timer) -> TrainedModel:
+        with timer.phase("load"):
+            return load_checkpoint(checkpoint)
+
+    def stage(
+        trained: TrainedModel, run_id: str, warehouse: Warehouse, timer: Timer
+    ) -> tuple[StagedDatabase, int, int]:
+        return _stage_checked_parts(trained, checkpoint, parts, run_id, warehouse, timer)
+
+    return run_job(config, make_trained, stage=stage)
+
+
+def _stage_checked_parts(
+    trained: TrainedModel,
+    checkpoint: Path,
+    parts: Path,
+    run_id: str,
+    warehouse: Warehouse,
+    timer: Timer,
+    fingerprint: str = "",
+) -> tuple[StagedDatabase, int, int]:
+    with timer.phase("check_parts"):
+        fingerprint = fingerprint or shard.checkpoint_fingerprint(checkpoint)
+        checked = shard.read_parts(parts, trained, fingerprint, str(checkpoint))
+    log.info("publishing %d part(s) from %s: %d recommendations, %d similar-item rows",
+             checked.world_size, parts, checked.rows("recommendations"),
+             checked.rows("similar_items"))  # fmt: skip
+    timer.seconds["score"] = checked.seconds()  # the slowest rank's, as the run's scoring time
+    return stage_parts(trained, checked, run_id, warehouse, timer)

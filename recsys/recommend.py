@@ -77,14 +77,17 @@ class RoutedScorer(BlockScorer):
 def recommendation_batches(
     trained: TrainedModel,
     top: int,
-    run_id: str,
+    run_id: str | None,
     device: torch.device,
     dtype: torch.dtype,
     budget_bytes: int,
+    queries: np.ndarray | None = None,
+    what: str = "scoring users",
 ) -> Iterator[pa.Table]:
+    """Top-`top` lists of `queries` (user indices in order; default every user)."""
     routes = user_routes(trained)
     allowed = scorable_items(trained)
-    counts = np.bincount(routes, minlength=len(SOURCES))
+    counts = np.bincount(routes if queries is None else routes[queries], minlength=len(SOURCES))
     log.info(
         "lists by path: %s", ", ".join(f"{SOURCES[i]} {counts[i]}" for i in range(len(SOURCES)))
     )
@@ -99,7 +102,13 @@ def recommendation_batches(
     if (routes == POPULARITY).any() or (~allowed).any():  # else the model's scorer as it is
         scorer = RoutedScorer(scorer, popularity, routes, allowed, device)
     chunks = top_n(
-        scorer, top, trained.seen, device=device, budget_bytes=budget_bytes, what="scoring users"
+        scorer,
+        top,
+        trained.seen,
+        queries=queries,
+        device=device,
+        budget_bytes=budget_bytes,
+        what=what,
     )
     for chunk in chunks:
         yield topn_batch(
@@ -112,12 +121,34 @@ def recommendation_batches(
         )
 
 
+def similar_items_skipped(trained: TrainedModel, n: int) -> str:
+    """Why `similar_items` stays empty for this model ("" when it is computed)."""
+    if n <= 0:
+        return "disabled"
+    if trained.model.item_representations().shape[1] < 2:
+        return f"{trained.model.name} has no item vectors"
+    return ""
+
+
+def similar_item_queries(trained: TrainedModel) -> np.ndarray:
+    """Item indices that get similar items: those whose vectors the model learned."""
+    return np.flatnonzero(scorable_items(trained))
+
+
 def similar_item_batches(
-    trained: TrainedModel, n: int, run_id: str, device: torch.device, budget_bytes: int
+    trained: TrainedModel,
+    n: int,
+    run_id: str | None,
+    device: torch.device,
+    budget_bytes: int,
+    queries: np.ndarray | None = None,
+    what: str = "similar items",
 ) -> Iterator[pa.Table]:
-    """Items whose vectors the model learned, against each other (itself excluded)."""
+    """Items whose vectors the model learned, against each other (itself excluded); `queries`
+    (default: `similar_item_queries`) picks which items get lists."""
     allowed = scorable_items(trained)
-    queries = np.flatnonzero(allowed)
+    if queries is None:
+        queries = similar_item_queries(trained)
     scorer = similar_items_scorer(trained.model, device)
     blocked = SeenMatrix.identity(len(trained.items))
     if (~allowed).any():  # untrained item vectors are neither queries nor answers
@@ -131,7 +162,7 @@ def similar_item_batches(
         queries=queries,
         device=device,
         budget_bytes=budget_bytes,
-        what="similar items",
+        what=what,
     )
     for chunk in chunks:
         yield topn_batch(
@@ -149,11 +180,12 @@ def topn_batch(
     queries: IdMap,
     keys: IdMap,
     names: tuple[str, str],
-    run_id: str,
+    run_id: str | None,
     routes: np.ndarray | None = None,
 ) -> pa.Table:
-    """One chunk as Arrow rows (query_id, rank, key_id, score, [source,] run_id), invalid
-    (excluded) slots dropped, IDs decoded to their raw form. `routes` gives each query's path."""
+    """One chunk as Arrow rows (query_id, rank, key_id, score, [source,] [run_id]), invalid
+    (excluded) slots dropped, IDs decoded to their raw form. `routes` gives each query's path;
+    run_id None leaves the column out (Parquet parts get it when they are published)."""
     width = chunk.key_idx.shape[1]
     valid = np.arange(width)[None, :] < chunk.counts[:, None]  # (B, N)
     n = int(valid.sum())
@@ -169,5 +201,6 @@ def topn_batch(
         columns["source"] = pa.DictionaryArray.from_arrays(
             pa.array(np.repeat(routes, chunk.counts)), pa.array(SOURCES)
         )
-    columns["run_id"] = constant_column(run_id, n)
+    if run_id is not None:
+        columns["run_id"] = constant_column(run_id, n)
     return pa.table(columns)

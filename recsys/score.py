@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recsys.errors import ConfigError
 from recsys.models.base import Factors, Recommender
 from recsys.progress import Progress
 
@@ -32,6 +33,16 @@ BYTES_PER_SCORE = 12
 # 20,000 items). benchmarks/RESULTS.md's ablation compares 64 and 1,024 users per chunk.
 CPU_BLOCK_BYTES = 20 * 2**20
 NEG_INF = float("-inf")
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def scoring_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a `scoring.dtype` setting."""
+    if name not in DTYPES:
+        raise ConfigError(f"scoring.dtype '{name}' unknown (expected one of: {', '.join(DTYPES)})")
+    return DTYPES[name]
 
 
 def resolve_device(name: str = "auto") -> torch.device:

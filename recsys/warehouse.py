@@ -185,6 +185,20 @@ class StagedDatabase:
                 rows = writer.close()
         return rows
 
+    def load_parquet(self, table: str, files: Iterable[Path], run_id: str) -> int:
+        """Append Parquet files (rows without run_id) to `table`, one file after another and
+        each in its own row order; returns the rows added."""
+        rows = 0
+        with no_space_is_exit_73(self.path.parent):
+            for path in files:
+                done = self.con.execute(
+                    f"insert into {table} by name "
+                    "select *, ?::varchar as run_id from read_parquet(?)",
+                    [run_id, str(path)],
+                ).fetchone()
+                rows += done[0] if done else 0
+        return rows
+
     def insert_frame(self, table: str, frame: pl.DataFrame) -> None:
         if frame.height:
             self.write_batches(table, [frame.to_arrow()])
@@ -439,3 +453,41 @@ class Warehouse:
             fsync_path(self.dir)
         except OSError as exc:
             log.warning("%s: fsync after publishing failed (%s)", self.dir, exc)
+
+
+# Tables `export_parquet` writes (those the served file has), in this order.
+EXPORT_TABLES = (
+    "recommendations",
+    "similar_items",
+    "items",
+    "user_history",
+    "runs",
+    "metrics",
+    "metrics_by_activity",
+)
+
+
+def export_parquet(served: Path, out: Path) -> tuple[str, dict[str, int]]:
+    """Write each table of the served file as `<out>/<table>.parquet` (in the table's stored
+    order: recommendations sorted by user_id, rank), each under a temporary name and then
+    renamed; returns the served run's id and the rows per table. One read-only connection:
+    every file comes from the same run even if a publish replaces the served file meanwhile."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, int] = {}
+    with open_read_only(served) as con:
+        found = con.sql("select max(run_id) from runs where status = 'published'").fetchall()
+        for table in EXPORT_TABLES:
+            if not has_table(con, table):
+                continue
+            target = out / f"{table}.parquet"
+            tmp = out / f".{table}.parquet.tmp-{os.getpid()}"
+            try:
+                with no_space_is_exit_73(out):
+                    con.execute(f"copy (select * from {table}) to ? (format parquet)", [str(tmp)])
+                    fsync_path(tmp)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            rows[table] = con.sql(f"select count(*) from {table}").fetchall()[0][0]
+    fsync_path(out)
+    return found[0][0] or "", rows
