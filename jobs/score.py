@@ -62,10 +62,9 @@ def score(checkpoint, config_path, database, top_n, parts, shard) -> None:
             raise click.UsageError("--shard needs --parts DIR (the folder the shards write to)")
         refuse_if_running(config)
         # These import torch: after the lock check, so an overlapping run exits 75 at once.
-        from recsys.checkpoint import load_checkpoint
-        from recsys.pipeline import run_job
+        from recsys.pipeline import checkpoint_loader, run_job
 
-        summary = run_job(config, lambda timer: load_checkpoint(checkpoint))
+        summary = run_job(config, checkpoint_loader(Path(checkpoint)))
         click.echo(
             f"published run {summary.run_id}: {summary.model}, {summary.num_rows} recommendations -> {summary.database}"
         )

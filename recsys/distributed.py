@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -134,6 +135,10 @@ def stop_on_sigterm(why: Callable[[], str]) -> Iterator[None]:
 
     def handler(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it for good
+        if sys.exc_info()[1] is not None:
+            # Already failing (torchrun stops every rank when one dies, and this rank's
+            # barrier often notices first): let the run record its own reason undisturbed.
+            return
         known = ""
         with contextlib.suppress(Exception):
             known = why()

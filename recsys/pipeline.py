@@ -527,6 +527,16 @@ def nightly(config: Config, run_id: str | None = None) -> RunSummary:
 # ------------------------------------------------------------------------- sharded runs
 
 
+def checkpoint_loader(checkpoint: Path) -> Callable[[Timer], TrainedModel]:
+    """`run_job`'s model maker for a run that scores a trained checkpoint."""
+
+    def load(timer: Timer) -> TrainedModel:
+        with timer.phase("load"):
+            return load_checkpoint(checkpoint)
+
+    return load
+
+
 def score_shard(
     config: Config,
     checkpoint: Path,
@@ -554,10 +564,6 @@ def score_parts(config: Config, checkpoint: Path, parts: Path, group: Group) -> 
         group.barrier()
         return None
 
-    def make_trained(timer: Timer) -> TrainedModel:
-        with timer.phase("load"):
-            return load_checkpoint(checkpoint)
-
     def stage(
         trained: TrainedModel, run_id: str, warehouse: Warehouse, timer: Timer
     ) -> tuple[StagedDatabase, int, int]:
@@ -574,25 +580,21 @@ def score_parts(config: Config, checkpoint: Path, parts: Path, group: Group) -> 
                                     fingerprint)  # fmt: skip
 
     if not group.backend:
-        return run_job(config, make_trained, stage=stage)
+        return run_job(config, checkpoint_loader(checkpoint), stage=stage)
     with stop_on_sigterm(lambda: shard.unfinished(parts, group.world_size)):
-        return run_job(config, make_trained, stage=stage)
+        return run_job(config, checkpoint_loader(checkpoint), stage=stage)
 
 
 def publish_parts(config: Config, checkpoint: Path, parts: Path) -> RunSummary:
     """Check the parts that `score --parts` wrote (every rank present and whole, from this
     checkpoint) and publish them as one run; any problem publishes nothing."""
 
-    def make_trained(timer: Timer) -> TrainedModel:
-        with timer.phase("load"):
-            return load_checkpoint(checkpoint)
-
     def stage(
         trained: TrainedModel, run_id: str, warehouse: Warehouse, timer: Timer
     ) -> tuple[StagedDatabase, int, int]:
         return _stage_checked_parts(trained, checkpoint, parts, run_id, warehouse, timer)
 
-    return run_job(config, make_trained, stage=stage)
+    return run_job(config, checkpoint_loader(checkpoint), stage=stage)
 
 
 def _stage_checked_parts(

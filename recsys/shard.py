@@ -41,6 +41,7 @@ from recsys.recommend import (
     topn_batch,
 )
 from recsys.score import TopN, scoring_dtype
+from recsys.warehouse import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +95,13 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     return "sha256:" + file_sha256(path)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, payload: dict) -> None:
     """Whole or absent: written under a temporary name, fsynced, renamed."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
 def clear_rank(folder: Path, rank: int, world_size: int) -> None:
@@ -277,9 +270,9 @@ def _write_part(
             writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
         writer.close()
         writer = None
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, final)
-        _fsync(final.parent)
+        fsync_path(final.parent)
     finally:
         if writer is not None:
             writer.close()

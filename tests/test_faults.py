@@ -862,7 +862,8 @@ def test_runs_shows_status_model_metric_rows_and_timings(kit: Kit, db: Path) -> 
     assert " ".join(rows[1][6:]).startswith("quality gate failed: row count")
     assert " ".join(rows[0][6:]) == "the process died (the next run will record it)"
     detail = [line.strip() for line in lines if line.startswith("    ")]
-    assert detail[-2].startswith("timings: score ") and detail[-2].endswith("s")
+    assert detail[-2].startswith("timings: load ") and ", score " in detail[-2]
+    assert detail[-2].endswith("s")
     assert detail[-1].startswith("metrics: ") and f"bpr.ndcg@10 {ndcg:g}" in detail[-1]
 
 
