@@ -31,7 +31,7 @@ import torch
 
 from recsys import score
 from recsys.data.idmap import IdMap
-from recsys.pipeline import topn_batch
+from recsys.recommend import MODEL, topn_batch
 from recsys.score import (
     BYTES_PER_SCORE,
     FactorScorer,
@@ -159,7 +159,8 @@ def ours(
     wanted = set(case.sample.tolist())
     chunks = top_n(scorer, n, seen, queries, device, budget, what="bench", workers=workers)
     for chunk in chunks:
-        topn_batch(chunk, case.users, case.items, ("user_id", "item_id"), "bench", "model")
+        topn_batch(chunk, case.users, case.items, ("user_id", "item_id"), "bench",
+                   np.full(len(chunk.query_idx), MODEL, np.int8))  # fmt: skip
         for row, q in enumerate(chunk.query_idx):
             if int(q) in wanted:
                 kept[int(q)] = chunk.key_idx[row, : chunk.counts[row]].astype(np.int64)
@@ -177,8 +178,8 @@ def ours_to_duckdb(case: Case, device: torch.device, dtype: torch.dtype, n: int,
     chunks = top_n(scorer, n, seen, device=device, what="bench")
     rows = staged.write_batches(
         "recommendations",
-        (topn_batch(c, case.users, case.items, ("user_id", "item_id"), "bench", "model")
-         for c in chunks),
+        (topn_batch(c, case.users, case.items, ("user_id", "item_id"), "bench",
+                    np.full(len(c.query_idx), MODEL, np.int8)) for c in chunks),
     )  # fmt: skip
     staged.close()
     path.unlink(missing_ok=True)
