@@ -159,7 +159,7 @@ def ours(
     wanted = set(case.sample.tolist())
     chunks = top_n(scorer, n, seen, queries, device, budget, what="bench", workers=workers)
     for chunk in chunks:
-        topn_batch(chunk, case.users, case.items, ("user_id", "item_id"), "bench",
+        topn_batch(chunk, case.users, case.items, ("user_id", "item_id"),
                    np.full(len(chunk.query_idx), MODEL, np.int8))  # fmt: skip
         for row, q in enumerate(chunk.query_idx):
             if int(q) in wanted:
@@ -174,11 +174,11 @@ def ours_to_duckdb(case: Case, device: torch.device, dtype: torch.dtype, n: int,
     )
     seen = SeenMatrix(case.seen.indptr.astype(np.int64), case.seen.indices.astype(np.int32))
     path.unlink(missing_ok=True)
-    staged = StagedDatabase(path, "BIGINT", "BIGINT")
+    staged = StagedDatabase(path, "BIGINT", "BIGINT", "bench")
     chunks = top_n(scorer, n, seen, device=device, what="bench")
     rows = staged.write_batches(
         "recommendations",
-        (topn_batch(c, case.users, case.items, ("user_id", "item_id"), "bench",
+        (topn_batch(c, case.users, case.items, ("user_id", "item_id"),
                     np.full(len(c.query_idx), MODEL, np.int8)) for c in chunks),
     )  # fmt: skip
     staged.close()

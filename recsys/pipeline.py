@@ -256,9 +256,7 @@ def _stage(
         num_rows, num_similar = fill(staged)
         staged.insert_frame("items", trained.catalogue)
         if trained.history.height:
-            staged.insert_frame(
-                "user_history", trained.history.with_columns(pl.lit(run_id).alias("run_id"))
-            )
+            staged.insert_frame("user_history", trained.history)
         return staged, num_rows, num_similar
     except BaseException:
         warehouse.discard(staged)
@@ -282,7 +280,6 @@ def stage_results(
             batches = recommendation_batches(
                 trained,
                 top,
-                run_id,
                 device,
                 scoring_dtype(config.scoring.dtype),
                 config.scoring.memory_budget_bytes,
@@ -304,7 +301,7 @@ def _stage_similar_items(
     if skipped:
         log.info("similar_items: skipped (%s)", skipped)
         return 0
-    batches = similar_item_batches(trained, n, run_id, device, config.scoring.memory_budget_bytes)
+    batches = similar_item_batches(trained, n, device, config.scoring.memory_budget_bytes)
     return staged.write_batches("similar_items", batches)
 
 
@@ -317,8 +314,8 @@ def stage_parts(
     def fill(staged: StagedDatabase) -> tuple[int, int]:
         with timer.phase("load_parts"):
             return (
-                staged.load_parquet("recommendations", parts.files("recommendations"), run_id),
-                staged.load_parquet("similar_items", parts.files("similar_items"), run_id),
+                staged.load_parquet("recommendations", parts.files("recommendations")),
+                staged.load_parquet("similar_items", parts.files("similar_items")),
             )
 
     expected = parts.rows("recommendations") + parts.rows("similar_items")

@@ -77,7 +77,6 @@ class RoutedScorer(BlockScorer):
 def recommendation_batches(
     trained: TrainedModel,
     top: int,
-    run_id: str | None,
     device: torch.device,
     dtype: torch.dtype,
     budget_bytes: int,
@@ -116,7 +115,6 @@ def recommendation_batches(
             trained.users,
             trained.items,
             ("user_id", "item_id"),
-            run_id,
             routes[chunk.query_idx],
         )
 
@@ -138,7 +136,6 @@ def similar_item_queries(trained: TrainedModel) -> np.ndarray:
 def similar_item_batches(
     trained: TrainedModel,
     n: int,
-    run_id: str | None,
     device: torch.device,
     budget_bytes: int,
     queries: np.ndarray | None = None,
@@ -165,14 +162,7 @@ def similar_item_batches(
         what=what,
     )
     for chunk in chunks:
-        yield topn_batch(
-            chunk, trained.items, trained.items, ("item_id", "similar_item_id"), run_id
-        )
-
-
-def constant_column(value: str, n: int) -> pa.Array:
-    """A string column of one repeated value, as a dictionary array (no n-string copies)."""
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([value]))
+        yield topn_batch(chunk, trained.items, trained.items, ("item_id", "similar_item_id"))
 
 
 def topn_batch(
@@ -180,15 +170,13 @@ def topn_batch(
     queries: IdMap,
     keys: IdMap,
     names: tuple[str, str],
-    run_id: str | None,
     routes: np.ndarray | None = None,
 ) -> pa.Table:
-    """One chunk as Arrow rows (query_id, rank, key_id, score, [source,] [run_id]), invalid
-    (excluded) slots dropped, IDs decoded to their raw form. `routes` gives each query's path;
-    run_id None leaves the column out (Parquet parts get it when they are published)."""
+    """One chunk as Arrow rows (query_id, rank, key_id, score, [source]), invalid (excluded)
+    slots dropped, IDs decoded to their raw form. `routes` gives each query's path. No run_id:
+    the tables hold it once, in their schema (sql/ddl)."""
     width = chunk.key_idx.shape[1]
     valid = np.arange(width)[None, :] < chunk.counts[:, None]  # (B, N)
-    n = int(valid.sum())
     columns = {
         names[0]: queries.decode_arrow(np.repeat(chunk.query_idx, chunk.counts)),
         "rank": pa.array(
@@ -201,6 +189,4 @@ def topn_batch(
         columns["source"] = pa.DictionaryArray.from_arrays(
             pa.array(np.repeat(routes, chunk.counts)), pa.array(SOURCES)
         )
-    if run_id is not None:
-        columns["run_id"] = constant_column(run_id, n)
     return pa.table(columns)

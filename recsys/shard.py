@@ -173,9 +173,9 @@ def write_shard(
 
     lo, hi = shard_range(len(trained.users), rank, world_size)
     users = np.arange(lo, hi, dtype=np.int64)
-    batches = recommendation_batches(trained, scoring.top_n, None, device, dtype, budget,
+    batches = recommendation_batches(trained, scoring.top_n, device, dtype, budget,
                                      queries=users, what=f"scoring users{label}")  # fmt: skip
-    empty = topn_batch(_no_rows(), trained.users, trained.items, ("user_id", "item_id"), None,
+    empty = topn_batch(_no_rows(), trained.users, trained.items, ("user_id", "item_id"),
                        np.zeros(0, np.int8))  # fmt: skip
     tables["recommendations"] = _write_part(folder, "recommendations", rank, world_size, batches,
                                             (lo, hi), empty, pause=True)  # fmt: skip
@@ -186,10 +186,10 @@ def write_shard(
     else:
         queries = similar_item_queries(trained)
         lo, hi = shard_range(len(queries), rank, world_size)
-        batches = similar_item_batches(trained, scoring.similar_items_n, None, device, budget,
+        batches = similar_item_batches(trained, scoring.similar_items_n, device, budget,
                                        queries=queries[lo:hi], what=f"similar items{label}")  # fmt: skip
         empty = topn_batch(_no_rows(), trained.items, trained.items,
-                           ("item_id", "similar_item_id"), None)  # fmt: skip
+                           ("item_id", "similar_item_id"))  # fmt: skip
         tables["similar_items"] = _write_part(folder, "similar_items", rank, world_size, batches,
                                               (lo, hi), empty)  # fmt: skip
     manifest = {

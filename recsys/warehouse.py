@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 from collections.abc import Iterable, Iterator
@@ -36,6 +37,8 @@ FREE_BYTES_ENV = "RECSYS_FAULT_FREE_BYTES"
 # Rough on-disk bytes per recommendation row, for the free-space estimate.
 BYTES_PER_ROW = 24
 WRITE_QUEUE_DEPTH = 4
+# What a run id may hold: it is written into the DDL of the run's tables (their run_id column).
+RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def duckdb_type(dtype: pl.DataType) -> str:
@@ -166,14 +169,16 @@ class ArrowWriter:
 class StagedDatabase:
     """A new database being built in the staging folder; closed before the gate reads it."""
 
-    def __init__(self, path: Path, user_type: str, item_type: str) -> None:
+    def __init__(self, path: Path, user_type: str, item_type: str, run_id: str) -> None:
+        if not RUN_ID.fullmatch(run_id):
+            raise ValueError(f"run id {run_id!r}: expected letters, digits, '.', '_' or '-'")
         self.path = path
         with no_space_is_exit_73(path.parent):
             self.con = duckdb.connect(str(path))
             self.con.execute(f"create type user_key as {user_type}")
             self.con.execute(f"create type item_key as {item_type}")
             for ddl in sorted(DDL_DIR.glob("*.sql")):
-                self.con.execute(ddl.read_text())
+                self.con.execute(ddl.read_text().replace("{run_id}", run_id))
 
     def write_batches(self, table: str, batches: Iterable[pa.Table]) -> int:
         with no_space_is_exit_73(self.path.parent):
@@ -185,16 +190,14 @@ class StagedDatabase:
                 rows = writer.close()
         return rows
 
-    def load_parquet(self, table: str, files: Iterable[Path], run_id: str) -> int:
-        """Append Parquet files (rows without run_id) to `table`, one file after another and
-        each in its own row order; returns the rows added."""
+    def load_parquet(self, table: str, files: Iterable[Path]) -> int:
+        """Append Parquet files to `table`, one file after another and each in its own row
+        order; returns the rows added."""
         rows = 0
         with no_space_is_exit_73(self.path.parent):
             for path in files:
                 done = self.con.execute(
-                    f"insert into {table} by name "
-                    "select *, ?::varchar as run_id from read_parquet(?)",
-                    [run_id, str(path)],
+                    f"insert into {table} by name select * from read_parquet(?)", [str(path)]
                 ).fetchone()
                 rows += done[0] if done else 0
         return rows
@@ -316,7 +319,7 @@ class Warehouse:
         path = self.staging_dir / f"{run_id}.duckdb"
         path.unlink(missing_ok=True)
         try:
-            return StagedDatabase(path, user_type, item_type)
+            return StagedDatabase(path, user_type, item_type, run_id)
         except BaseException:
             for leftover in (path, path.with_name(path.name + ".wal")):
                 leftover.unlink(missing_ok=True)

@@ -24,14 +24,13 @@ def recommendations(users: int = 4, n: int = 3) -> pl.DataFrame:
             "item_id": [100 + r for _ in range(users) for r in range(n)],
             "score": [1.0 / r for _ in range(users) for r in range(1, n + 1)],
             "source": "model",
-            "run_id": "B",
         },
         schema_overrides={"rank": pl.Int32, "score": pl.Float32},
     )
 
 
 def staged(tmp_path: Path, frame: pl.DataFrame) -> StagedDatabase:
-    db = StagedDatabase(tmp_path / "staged.duckdb", "BIGINT", "BIGINT")
+    db = StagedDatabase(tmp_path / "staged.duckdb", "BIGINT", "BIGINT", "B")
     db.insert_frame("recommendations", frame)
     return db
 
@@ -71,7 +70,7 @@ def test_ranks_must_be_one_to_n_per_user(tmp_path: Path, change: pl.Expr, proble
 
 
 def test_null_keys_and_nan_scores(tmp_path: Path) -> None:
-    db = StagedDatabase(tmp_path / "staged.duckdb", "BIGINT", "BIGINT")
+    db = StagedDatabase(tmp_path / "staged.duckdb", "BIGINT", "BIGINT", "B")
     for column in ("user_id", "item_id"):  # the DDL refuses NULLs; the gate checks anyway
         db.con.execute(f"alter table recommendations alter column {column} drop not null")
     db.insert_frame("recommendations", recommendations())

@@ -29,7 +29,7 @@ SIMILAR = [("C", 1, "F", 0.95), ("C", 2, "B", 0.9), ("C", 3, "A", 0.5), ("D", 1,
 
 def build(path: Path, key_type: str = "VARCHAR", user_history: bool = True) -> Path:
     """A served file made with the real DDL and a few known rows."""
-    staged = StagedDatabase(path, key_type, key_type)
+    staged = StagedDatabase(path, key_type, key_type, RUN)
     con = staged.con
     cast = int if key_type == "BIGINT" else str
     key = {k: cast(i + 10) if key_type == "BIGINT" else k for i, k in enumerate("ABCDEF")}
@@ -38,12 +38,12 @@ def build(path: Path, key_type: str = "VARCHAR", user_history: bool = True) -> P
         "u2": cast(2) if key_type == "BIGINT" else "u2",
     }
     con.executemany("insert into items values (?, ?, ?, 5)", [(key[i], t, g) for i, t, g in ITEMS])
-    con.executemany("insert into user_history values (?, ?, 0, ?, ?)",
-                    [(user[u], key[i], n + 1, RUN) for n, (u, i) in enumerate(USER_ITEMS)])  # fmt: skip
-    con.executemany("insert into recommendations values (?, ?, ?, ?, 'model', ?)",
-                    [(user[u], r, key[i], s, RUN) for u, r, i, s in RECS])  # fmt: skip
-    con.executemany("insert into similar_items values (?, ?, ?, ?, ?)",
-                    [(key[i], r, key[j], s, RUN) for i, r, j, s in SIMILAR])  # fmt: skip
+    con.executemany("insert into user_history by name select ? user_id, ? item_id, 0 timestamp, ? recency",
+                    [(user[u], key[i], n + 1) for n, (u, i) in enumerate(USER_ITEMS)])  # fmt: skip
+    con.executemany("insert into recommendations by name select ? user_id, ? rank, ? item_id, ? score, 'model' source",
+                    [(user[u], r, key[i], s) for u, r, i, s in RECS])  # fmt: skip
+    con.executemany("insert into similar_items by name select ? item_id, ? rank, ? similar_item_id, ? score",
+                    [(key[i], r, key[j], s) for i, r, j, s in SIMILAR])  # fmt: skip
     con.execute("insert into runs (run_id, status, model) values (?, 'published', 'bpr')", [RUN])
     if not user_history:
         con.execute("drop table user_history")

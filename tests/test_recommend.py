@@ -52,7 +52,7 @@ def fm_cold(tmp_path_factory: pytest.TempPathFactory):
 
 def test_cold_users_get_feature_lists_from_feature_models(fm_cold) -> None:
     data, trained = fm_cold
-    recs = _table(recommendation_batches(trained, 10, "r", CPU, torch.float32, 0))
+    recs = _table(recommendation_batches(trained, 10, CPU, torch.float32, 0))
     cold = recs.filter(pl.col("user_id") > 216)
     assert cold["user_id"].n_unique() == 24
     assert set(cold["source"].cast(pl.String)) == {"features"}
@@ -65,7 +65,7 @@ def test_cold_users_get_feature_lists_from_feature_models(fm_cold) -> None:
 
 def test_new_items_reach_lists_through_features(fm_cold) -> None:
     _, trained = fm_cold
-    recs = _table(recommendation_batches(trained, 30, "r", CPU, torch.float32, 0))
+    recs = _table(recommendation_batches(trained, 30, CPU, torch.float32, 0))
     assert (recs["item_id"] > 108).any()  # items with no interactions, scored by their features
 
 
@@ -74,7 +74,7 @@ def test_without_features_cold_users_get_popularity_and_new_items_are_left_out(
 ) -> None:
     _, config = _write_planted(tmp_path, cold_users=24, new_items=12)
     trained = _train(config, "ials")
-    recs = _table(recommendation_batches(trained, 10, "r", CPU, torch.float32, 0))
+    recs = _table(recommendation_batches(trained, 10, CPU, torch.float32, 0))
     cold = recs.filter(pl.col("user_id") > 216)
     assert set(cold["source"].cast(pl.String)) == {"popularity"}
     counts = trained.catalogue["num_interactions"].to_numpy()
@@ -82,7 +82,7 @@ def test_without_features_cold_users_get_popularity_and_new_items_are_left_out(
     for _, group in cold.group_by("user_id"):
         assert sorted(group["item_id"].to_list()) == sorted(top10)
     assert not (recs["item_id"] > 108).any()
-    similar = _table(similar_item_batches(trained, 5, "r", CPU, 0))
+    similar = _table(similar_item_batches(trained, 5, CPU, 0))
     assert not (similar["item_id"] > 108).any() and not (similar["similar_item_id"] > 108).any()
 
 
@@ -91,7 +91,7 @@ def test_listed_user_unknown_to_everything_gets_the_fallback(tmp_path: Path) -> 
     (tmp_path / "score.csv").write_text("user_id\n1\n999999\n")
     config.source.users_to_score = str(tmp_path / "score.csv")
     trained = _train(config, "fm")
-    recs = _table(recommendation_batches(trained, 10, "r", CPU, torch.float32, 0))
+    recs = _table(recommendation_batches(trained, 10, CPU, torch.float32, 0))
     stranger = recs.filter(pl.col("user_id") == 999999)
     assert stranger.height == 10
     assert set(stranger["source"].cast(pl.String)) == {"features"}  # all-unknown features
@@ -100,7 +100,7 @@ def test_listed_user_unknown_to_everything_gets_the_fallback(tmp_path: Path) -> 
 def test_similar_items_come_from_the_planted_cluster_and_never_the_item(tmp_path: Path) -> None:
     data, config = _write_planted(tmp_path)
     trained = _train(config, "ials")
-    similar = _table(similar_item_batches(trained, 5, "r", CPU, 0))
+    similar = _table(similar_item_batches(trained, 5, CPU, 0))
     assert similar.filter(pl.col("item_id") == pl.col("similar_item_id")).height == 0
     assert similar["item_id"].n_unique() == 120
     same = (
@@ -113,7 +113,7 @@ def test_similar_items_come_from_the_planted_cluster_and_never_the_item(tmp_path
 def test_similar_items_equal_dense_cosine(tmp_path: Path) -> None:
     _, config = _write_planted(tmp_path)
     trained = _train(config, "ials")
-    similar = _table(similar_item_batches(trained, 5, "r", CPU, budget_bytes=4000))
+    similar = _table(similar_item_batches(trained, 5, CPU, budget_bytes=4000))
     vectors = torch.nn.functional.normalize(trained.model.item_representations().detach(), dim=1)
     dense = vectors @ vectors.T
     dense.fill_diagonal_(float("-inf"))
@@ -131,7 +131,7 @@ def test_routed_lists_are_the_same_in_bfloat16(tmp_path: Path) -> None:
     _, config = _write_planted(tmp_path, cold_users=24, new_items=12)
     trained = _train(config, "ials")
     lists = [
-        _table(recommendation_batches(trained, 10, "r", CPU, dtype, 0)).select(
+        _table(recommendation_batches(trained, 10, CPU, dtype, 0)).select(
             "user_id", "rank", "item_id"
         )
         for dtype in (torch.float32, torch.bfloat16)

@@ -5,5 +5,7 @@ create table if not exists user_history (
     item_id item_key not null,
     timestamp bigint,  -- Unix seconds (file order when the source has no timestamps)
     recency integer not null,  -- 1 = the user's latest interaction
-    run_id varchar not null
+    -- the run's id, held once in the schema instead of in every row: {run_id} is filled in
+    -- when the run's database is created (writing it per row cost as much as the scores)
+    run_id varchar generated always as ('{run_id}') virtual
 );
