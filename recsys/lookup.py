@@ -10,9 +10,7 @@ from typing import Any
 import duckdb
 
 from recsys.errors import NotFoundError
-from recsys.warehouse import SQL_DIR, has_table, open_read_only
-
-QUERIES = SQL_DIR / "queries"
+from recsys.warehouse import QUERIES_DIR, has_table, open_read_only
 
 
 @dataclass
@@ -40,7 +38,7 @@ def user_list(database: str | Path, user_id: str) -> Listing:
         rows, columns = [], []
         if key is not None:
             con.execute("set variable user_id = ?", [key])
-            rows, columns = _run(con, QUERIES / query)
+            rows, columns = _run(con, QUERIES_DIR / query)
         if rows:
             model = _model(con, run_id)
             return Listing(f"user {user_id}: {len(rows)} recommendations from run {run_id} "
@@ -80,7 +78,7 @@ def similar_items(database: str | Path, item_id: str) -> Listing:
             )
         title, genres, num_interactions = found[0]
         con.execute("set variable item_id = ?", [key])
-        rows, columns = _run(con, QUERIES / "similar_items.sql")
+        rows, columns = _run(con, QUERIES_DIR / "similar_items.sql")
         described = " · ".join(str(v) for v in (title, genres) if v)
         listing = Listing(
             f"item {item_id}{': ' + described if described else ''} · "

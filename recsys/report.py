@@ -28,7 +28,7 @@ from recsys import __version__
 from recsys.config import OutputConfig
 from recsys.errors import NotFoundError
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
-from recsys.warehouse import SQL_DIR, has_table, open_read_only
+from recsys.warehouse import QUERIES_DIR, has_table, open_read_only
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,12 @@ FULL, HALF = 11.3, 5.5
 
 # ----------------------------------------------------------------------------- queries
 # Every number in the report comes from one of these (or the shipped sql/queries files).
+
+
+def shipped_query(name: str) -> str:
+    """One of the example queries in sql/queries, as downstream users run it."""
+    return (QUERIES_DIR / f"{name}.sql").read_text()
+
 
 RUN_SQL = "select * from runs where run_id = ?"
 
@@ -182,24 +188,6 @@ final as (
 select * from final
 """
 
-SOURCES_SQL = """
-with per_user as (
-    select
-        user_id,
-        any_value(source) as source
-    from recommendations
-    group by user_id
-)
-
-select
-    source,
-    count(*) as num_users,
-    count(*) / sum(count(*)) over () as share_of_users
-from per_user
-group by source
-order by num_users desc, source
-"""
-
 LIST_LENGTHS_SQL = """
 with per_user as (
     select
@@ -315,12 +303,10 @@ def load_report_data(
         data.summary = con.sql(SUMMARY_SQL).pl().row(0, named=True)
         data.deciles = con.sql(DECILES_SQL).pl()
         data.long_tail = con.sql(LONG_TAIL_SQL).pl()
-        data.sources = con.sql(SOURCES_SQL).pl()
+        data.sources = con.sql(shipped_query("share_by_path")).pl()
         data.list_lengths = con.sql(LIST_LENGTHS_SQL).pl()
         data.scores = con.sql(SCORES_SQL).pl()
-        data.most_recommended = con.sql(
-            (SQL_DIR / "queries" / "most_recommended.sql").read_text()
-        ).pl()
+        data.most_recommended = con.sql(shipped_query("most_recommended")).pl()
     return data
 
 

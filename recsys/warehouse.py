@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 DDL_DIR = SQL_DIR / "ddl"
+QUERIES_DIR = (
+    SQL_DIR / "queries"
+)  # the example downstream queries (lookups and the report run them)
 # Test hook for the free-space check (a full disk is hard to make in CI).
 FREE_BYTES_ENV = "RECSYS_FAULT_FREE_BYTES"
 # Rough on-disk bytes per recommendation row, for the free-space estimate.

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import main
-from recsys.lookup import QUERIES, similar_items, user_list
-from recsys.warehouse import StagedDatabase
+from recsys.lookup import similar_items, user_list
+from recsys.warehouse import QUERIES_DIR, StagedDatabase
 from tests.conftest import TwoRuns, read_table, run_cli
 
 RUN = "20260101T000000000000Z"
@@ -141,7 +141,7 @@ def sql_rows(database: Path, query: str, **variables) -> tuple[list[str], list[t
     with duckdb.connect(str(database), read_only=True) as con:
         for name, value in variables.items():
             con.execute(f"set variable {name} = ?", [value])
-        relation = con.sql((QUERIES / query).read_text())
+        relation = con.sql((QUERIES_DIR / query).read_text())
         return list(relation.columns), relation.fetchall()
 
 

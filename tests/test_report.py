@@ -226,7 +226,7 @@ def test_readers_work_while_a_publish_is_in_progress(two_runs: TwoRuns) -> None:
     first = two_runs.database.parent / "archive" / f"{two_runs.run_ids[0]}.duckdb"
     with duckdb.connect(str(first), read_only=True) as con:
         con.execute("set variable user_id = ?", [two_runs.user_id])
-        query = (report.SQL_DIR / "queries" / "because_you_watched.sql").read_text()
+        query = report.shipped_query("because_you_watched")
         expected = con.sql(query).fetchall()
     assert len(during["user"].stdout.splitlines()) == len(expected) + 1
     assert during["report"].stdout.startswith("wrote ")

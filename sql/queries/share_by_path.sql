@@ -15,7 +15,7 @@ final as (
         round(count(*) / sum(count(*)) over (), 4) as share_of_users
     from per_user
     group by source
-    order by num_users desc
+    order by num_users desc, source
 )
 
 select * from final
