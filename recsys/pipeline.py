@@ -286,7 +286,7 @@ def stage_results(
             )
             num_rows = staged.write_batches("recommendations", batches)
         with timer.phase("similar_items"):
-            num_similar = _stage_similar_items(staged, trained, config, run_id, device)
+            num_similar = _stage_similar_items(staged, trained, config, device)
         return num_rows, num_similar
 
     expected = len(trained.users) * top + len(trained.items) * config.scoring.similar_items_n
@@ -294,7 +294,7 @@ def stage_results(
 
 
 def _stage_similar_items(
-    staged: StagedDatabase, trained: TrainedModel, config: Config, run_id: str, device: torch.device
+    staged: StagedDatabase, trained: TrainedModel, config: Config, device: torch.device
 ) -> int:
     n = config.scoring.similar_items_n
     skipped = similar_items_skipped(trained, n)
