@@ -32,9 +32,8 @@ log = logging.getLogger(__name__)
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 DDL_DIR = SQL_DIR / "ddl"
-QUERIES_DIR = (
-    SQL_DIR / "queries"
-)  # the example downstream queries (lookups and the report run them)
+# The example downstream queries; the look-ups and the report run them too.
+QUERIES_DIR = SQL_DIR / "queries"
 # Test hook for the free-space check (a full disk is hard to make in CI).
 FREE_BYTES_ENV = "RECSYS_FAULT_FREE_BYTES"
 # Rough on-disk bytes per recommendation row, for the free-space estimate.
@@ -161,30 +160,28 @@ class ArrowWriter:
     def _run(self) -> None:
         pending: list[pa.Table] = []
         gathered = 0
-        while True:
-            batch = self.queue.get()
+        while (batch := self.queue.get()) is not None:
             if self.error is not None:
-                if batch is None:
-                    return
                 continue  # drain so the producer never blocks
-            if batch is not None:
-                pending.append(batch)
-                gathered += batch.num_rows
-            if pending and (batch is None or gathered >= INSERT_ROWS):
-                try:
-                    self._insert(pa.concat_tables(pending))
-                except BaseException as exc:  # surfaced to the producer
-                    self.error = exc
+            pending.append(batch)
+            gathered += batch.num_rows
+            if gathered >= INSERT_ROWS:
+                self._insert(pending)
                 pending, gathered = [], 0
-            if batch is None:
-                return
+        if pending and self.error is None:
+            self._insert(pending)
 
-    def _insert(self, rows: pa.Table) -> None:
+    def _insert(self, batches: list[pa.Table]) -> None:
+        """One INSERT of the gathered batches; a failure is kept for the producer."""
         name = f"_batch_{self.table}"
-        self.con.register(name, rows)
-        self.con.execute(f"insert into {self.table} by name select * from {name}")
-        self.con.unregister(name)
-        self.rows += rows.num_rows
+        try:
+            rows = pa.concat_tables(batches)
+            self.con.register(name, rows)
+            self.con.execute(f"insert into {self.table} by name select * from {name}")
+            self.con.unregister(name)
+            self.rows += rows.num_rows
+        except BaseException as exc:  # surfaced to the producer
+            self.error = exc
 
 
 class StagedDatabase:
