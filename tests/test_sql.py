@@ -54,3 +54,13 @@ def test_user_query_matches_table(published: Path) -> None:
             f"select rank, item_id from recommendations where user_id = {user!r} order by rank"
         ).fetchall()
     assert [(r[0], r[1]) for r in rows] == direct
+
+
+def test_source_enum_holds_the_scoring_paths_in_order(published: Path) -> None:
+    """The DDL's list_source ENUM and recsys.recommend.SOURCES (the Arrow dictionary the batches
+    carry) must name the same paths, or every insert of a routed list fails."""
+    from recsys.recommend import SOURCES
+
+    with duckdb.connect(str(published), read_only=True) as con:
+        ((values,),) = con.sql("select enum_range(null::list_source)").fetchall()
+    assert tuple(values) == SOURCES
