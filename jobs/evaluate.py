@@ -27,8 +27,8 @@ def evaluate(config_path, interactions, model, k, seed) -> None:
                                         "model.selection_k": k, "training.seed": seed})  # fmt: skip
     # torch is imported only by the commands that use it, so every other one starts fast.
     from recsys.dataset import load_dataset
-    from recsys.pipeline import compare_candidates
     from recsys.score import resolve_device
+    from recsys.select import compare_candidates
 
     comparison = compare_candidates(
         load_dataset(config), config, resolve_device(config.training.device)

@@ -28,8 +28,8 @@ def train(config_path, interactions, model, seed, out) -> None:
     # torch is imported only by the commands that use it, so every other one starts fast.
     from recsys.checkpoint import save_checkpoint
     from recsys.dataset import load_dataset
-    from recsys.pipeline import train_and_choose
     from recsys.score import resolve_device
+    from recsys.select import train_and_choose
 
     trained = train_and_choose(load_dataset(config), config, resolve_device(config.training.device))
     save_checkpoint(trained, out)

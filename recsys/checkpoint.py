@@ -57,8 +57,9 @@ def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
         "state_dict": {k: v.detach().cpu() for k, v in trained.model.state_dict().items()},
         "users": trained.users.to_list(),
         "items": trained.items.to_list(),
-        "seen_indptr": torch.from_numpy(trained.seen.indptr),
-        "seen_indices": torch.from_numpy(trained.seen.indices),
+        # copies: the arrays may be read-only views of Arrow memory
+        "seen_indptr": torch.from_numpy(np.array(trained.seen.indptr)),
+        "seen_indices": torch.from_numpy(np.array(trained.seen.indices)),
         "catalogue": trained.catalogue.to_dict(as_series=False),
         "history": trained.history.to_dict(as_series=False),
         "metrics": [[m.model, m.metric, m.k, m.value] for m in trained.metrics],

@@ -39,6 +39,9 @@ class ColumnsConfig:
     item: str = "item_id"
     rating: str = "rating"
     timestamp: str = "timestamp"
+    # Optional count or strength per row (plays, clicks, seconds watched): repeated (user, item)
+    # rows add up, and models with a `confidence` setting turn the sum into confidence.
+    weight: str = "weight"
 
 
 @dataclass
@@ -68,14 +71,32 @@ class DataConfig:
     holdout_fraction: float = 0.2
     # Users with fewer interactions than this keep all of them in training.
     min_user_interactions: int = 3
+    # Without a timestamp column, whether the file's row order is chronological. When false
+    # (exports are often sorted by ID) the validation holdout is a seeded random sample of each
+    # user's interactions and recency weighting is off.
+    order_is_time: bool = False
+
+
+@dataclass
+class TuningConfig:
+    """Hyper-parameter search on the validation split (Optuna's TPE sampler), per candidate.
+    The first trial is always the model's defaults (with [model.params.NAME] applied)."""
+
+    # Seconds for the whole search, shared by the candidates; 0 = no tuning (defaults).
+    budget_seconds: float = 60.0
+    # At most this many trials per candidate.
+    trials: int = 40
+    # Serve a blend of the two best candidates when it beats both on validation.
+    blend: bool = True
 
 
 @dataclass
 class ModelConfig:
     # A registered model name, or "auto" to train `candidates` and serve the best.
     name: str = "auto"
+    # Ranking models compared by `auto` (rating models such as mf_bias are left to `predict`).
     candidates: list[str] = field(
-        default_factory=lambda: ["popularity", "mf_bias", "ials", "fm", "deepfm"]
+        default_factory=lambda: ["popularity", "ease", "itemknn", "ials", "fm"]
     )
     selection_metric: str = "ndcg"
     selection_k: int = 10
@@ -85,6 +106,7 @@ class ModelConfig:
     refit: bool = True
     # Per-model hyper-parameters, e.g. [model.params.bpr] dim = 128, lr = 0.01.
     params: dict[str, dict] = field(default_factory=dict)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
 
 
 @dataclass
@@ -194,7 +216,8 @@ def apply_mapping(config: Config, raw: dict[str, Any], origin: str) -> None:
 
 
 def apply_env(config: Config, environ: typing.Mapping[str, str]) -> None:
-    """RECSYS_SECTION_KEY=value overrides, e.g. RECSYS_OUTPUT_DATABASE=/srv/recs.duckdb."""
+    """RECSYS_SECTION_KEY=value overrides, e.g. RECSYS_OUTPUT_DATABASE=/srv/recs.duckdb or,
+    for a nested table, RECSYS_MODEL_TUNING_BUDGET_SECONDS=30."""
     sections = {f.name for f in dataclasses.fields(config)}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):
@@ -203,18 +226,34 @@ def apply_env(config: Config, environ: typing.Mapping[str, str]) -> None:
         section, _, key = rest.partition("_")
         if section not in sections or not key:
             continue  # other RECSYS_* variables (e.g. test hooks) are not config
-        set_option(config, section, key, value, origin=f"environment variable {name}")
+        origin = f"environment variable {name}"
+        table, _, nested_key = key.partition("_")
+        if dataclasses.is_dataclass(getattr(getattr(config, section), table, None)):
+            set_option(config, section, table, {nested_key: value}, origin)
+        else:
+            set_option(config, section, key, value, origin)
 
 
 def set_option(config: Config, section: str, key: str, value: Any, origin: str) -> None:
-    """Set one `section.key`, converting `value` to the field's type with a clear error."""
-    target = getattr(config, section)
+    """Set one `section.key` (a nested table such as [model.tuning] takes a mapping),
+    converting `value` to the field's type with a clear error."""
+    _set(getattr(config, section), section, key, value, origin)
+
+
+def _set(target: Any, section: str, key: str, value: Any, origin: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(target)}
     if key not in fields:
         raise ConfigError(
             f"{origin}: unknown key '{key}' in [{section}] "
             f"(expected one of: {', '.join(sorted(fields))})"
         )
+    nested = getattr(target, key)
+    if dataclasses.is_dataclass(nested):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{origin}: [{section}.{key}] must be a table of keys")
+        for inner, inner_value in value.items():
+            _set(nested, f"{section}.{key}", inner, inner_value, origin)
+        return
     hint = typing.get_type_hints(type(target))[key]
     value = coerce(value, hint, f"{origin}: [{section}] {key}")
     least = MINIMUMS.get(f"{section}.{key}")
@@ -234,6 +273,8 @@ MINIMUMS: dict[str, float] = {
     "output.keep_reports": 0,
     "gate.max_row_ratio": 1.0,
     "gate.max_metric_drop": 0.0,
+    "model.tuning.budget_seconds": 0.0,
+    "model.tuning.trials": 1,
 }
 
 

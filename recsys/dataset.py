@@ -130,7 +130,9 @@ def widen(
         interactions.source, len(interactions), len(users), len(users) - interactions.num_users,
         len(items), len(items) - interactions.num_items,
     )  # fmt: skip
-    return Interactions(frame, users, items, interactions.has_ratings, interactions.source)
+    return Interactions(
+        frame, users, items, interactions.has_ratings, interactions.source, interactions.has_time
+    )
 
 
 def _union(ids: IdMap, extra: list[pl.Series], source: str, side: str) -> IdMap:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -50,6 +50,8 @@ class Ranking:
 
     metrics: dict[str, float]
     by_activity: list[ActivityMetric]
+    users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (U,)
+    ndcg: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (U,) per user, paired tests
 
 
 def evaluate_ranking(
@@ -104,8 +106,10 @@ def rank_held_out(
     all_hits, all_relevant = np.concatenate(hits), np.concatenate(num_relevant)
     result = metrics.ranking_metrics(all_hits, all_relevant, k)
     result["coverage"] = metrics.coverage(np.concatenate(picked), train.num_items)
-    history = np.diff(indptr)[np.concatenate(queried)]  # (U,) training interactions per user
-    return Ranking(result, by_activity(model.name, all_hits, all_relevant, history, k))
+    all_users = np.concatenate(queried)
+    history = np.diff(indptr)[all_users]  # (U,) training interactions per user
+    return Ranking(result, by_activity(model.name, all_hits, all_relevant, history, k),
+                   all_users, metrics.ndcg_per_user(all_hits, all_relevant, k))  # fmt: skip
 
 
 def by_activity(
@@ -204,19 +208,6 @@ def evaluate_all(
         for name, value in evaluate_ratings(model, held_out, device, *rating_range).items():
             rows.append(Metric(model.name, name, None, value))
     return Evaluation(rows, ranking.by_activity)
-
-
-def evaluate_model(
-    model: Recommender,
-    train: Interactions,
-    held_out: Interactions,
-    k: int,
-    device: torch.device,
-    positive_threshold: float,
-    rating_range: tuple[float, float],
-) -> list[Metric]:
-    """Every metric that applies: ranking at K always, RMSE/MAE for rating models."""
-    return evaluate_all(model, train, held_out, k, device, positive_threshold, rating_range).metrics
 
 
 def metrics_frame(rows: list[Metric], run_id: str, split: str) -> pl.DataFrame:

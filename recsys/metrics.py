@@ -40,10 +40,24 @@ def ranking_metrics(hits: np.ndarray, num_relevant: np.ndarray, k: int) -> dict[
     return {
         "precision": float(np.mean(num_hits / k)),
         "recall": float(np.mean(num_hits / num_relevant)),
-        "ndcg": float(np.mean((hits * discounts).sum(axis=1) / idcg)),
+        "ndcg": float(np.mean(ndcg_per_user(hits, num_relevant, k))),
         "map": float(np.mean((precision_at_r * hits).sum(axis=1) / ideal)),
         "hitrate": float(np.mean(num_hits > 0)),
     }
+
+
+def ndcg_per_user(hits: np.ndarray, num_relevant: np.ndarray, k: int) -> np.ndarray:
+    """NDCG@K of each user with relevant items (rows with num_relevant == 0 dropped), for
+    paired comparisons over users; `ranking_metrics`' ndcg is its mean."""
+    hits = np.asarray(hits, dtype=bool)[:, :k]
+    num_relevant = np.asarray(num_relevant)
+    keep = num_relevant > 0
+    hits, num_relevant = hits[keep], num_relevant[keep]
+    if hits.shape[1] < k:
+        hits = np.pad(hits, ((0, 0), (0, k - hits.shape[1])))
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    idcg = np.cumsum(discounts)[np.minimum(num_relevant, k) - 1]
+    return (hits * discounts).sum(axis=1) / idcg
 
 
 def coverage(recommended_items: np.ndarray, num_items: int) -> float:

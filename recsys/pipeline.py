@@ -17,24 +17,19 @@ import torch
 from recsys import __version__, faults, gate, logs, report, shard
 from recsys.checkpoint import TrainedModel, load_checkpoint
 from recsys.config import Config
-from recsys.data.interactions import Interactions
-from recsys.data.split import temporal_split
-from recsys.dataset import Dataset, load_dataset
+from recsys.dataset import load_dataset
 from recsys.distributed import Group, stop_on_sigterm
-from recsys.errors import ConfigError, DataError, QualityGateError, RecsysError
-from recsys.evaluate import ActivityMetric, Metric, activity_frame, evaluate_all, metrics_frame
+from recsys.errors import QualityGateError, RecsysError
+from recsys.evaluate import activity_frame, metrics_frame
 from recsys.ledger import now_iso
-from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
-from recsys.models import build_model, model_class
-from recsys.models.base import Recommender
-from recsys.models.fm import feature_args
+from recsys.metrics import RANKING_METRICS
 from recsys.recommend import (
     recommendation_batches,
     similar_item_batches,
     similar_items_skipped,
 )
-from recsys.score import SeenMatrix, resolve_device, scoring_dtype
-from recsys.train import TrainSettings, fit
+from recsys.score import resolve_device, scoring_dtype
+from recsys.select import train_and_choose
 from recsys.warehouse import StagedDatabase, Warehouse, duckdb_type
 
 log = logging.getLogger(__name__)
@@ -67,168 +62,6 @@ class Timer:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - start, 3)
-
-
-# ---------------------------------------------------------------------------------- load
-
-
-# --------------------------------------------------------------------------------- train
-
-
-def train_settings(config: Config, device: torch.device) -> TrainSettings:
-    return TrainSettings(
-        seed=config.training.seed,
-        device=device,
-        batch_size=config.training.batch_size,
-        patience=config.training.patience,
-        threads=config.training.threads,
-        eval_k=config.model.selection_k,
-        positive_threshold=config.data.positive_threshold,
-        rating_range=(config.data.min_rating, config.data.max_rating),
-    )
-
-
-def candidate_names(config: Config) -> list[str]:
-    names = config.model.candidates if config.model.name == "auto" else [config.model.name]
-    if not names:
-        raise ConfigError('model.candidates is empty; list at least one model, e.g. ["bpr"]')
-    for name in names:
-        model_class(name)  # unknown names fail before any work
-    metric = config.model.selection_metric
-    if metric not in RANKING_METRICS + RATING_METRICS:
-        raise ConfigError(
-            f"unknown selection metric '{metric}' (expected one of: {', '.join(RANKING_METRICS + RATING_METRICS)})"
-        )
-    return names
-
-
-def model_params(config: Config, name: str) -> dict:
-    params = dict(config.model.params.get(name, {}))
-    if config.model.dim and "dim" in model_class(name).DEFAULTS and "dim" not in params:
-        params["dim"] = config.model.dim
-    return params
-
-
-def new_model(name: str, dataset: Dataset, config: Config) -> Recommender:
-    """A fresh, seeded model of `name`; feature models get the dataset's side features."""
-    data, users, items = dataset.interactions, dataset.user_features, dataset.item_features
-    model = build_model(name, data.num_users, data.num_items, seed=config.training.seed,
-                        model_args=feature_args(users, items), **model_params(config, name))  # fmt: skip
-    if model.uses_features:
-        model.set_features(users, items)
-    return model
-
-
-@dataclass
-class Comparison:
-    """Every candidate's validation metrics and the winner."""
-
-    metrics: list[Metric]
-    scores: dict[str, tuple[float, int]]  # name -> (selection metric value, best epoch)
-    best: str
-    selection: str  # one line: who won, by how much
-    by_activity: list[ActivityMetric] = field(default_factory=list)
-
-
-def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -> Comparison:
-    """Train every candidate on a temporal holdout and rank them by the selection metric."""
-    data = dataset.interactions
-    names = candidate_names(config)
-    settings = train_settings(config, device)
-    train, valid = temporal_split(
-        data, config.data.holdout_fraction, config.training.seed, config.data.min_user_interactions
-    )
-    if len(valid) == 0:
-        raise DataError(
-            f"{data.source}: no user has {config.data.min_user_interactions}+ interactions, so nothing can be held out for validation"
-        )
-    k, metric = config.model.selection_k, config.model.selection_metric
-    all_metrics: list[Metric] = []
-    all_activity: list[ActivityMetric] = []
-    scores: dict[str, tuple[float, int]] = {}
-    for name in names:
-        model = new_model(name, dataset, config)
-        if model.hparams.get("loss") in ("mse", "logloss") and not data.has_ratings:
-            log.info("skipping %s: it needs ratings and %s has none", name, data.source)
-            continue
-        result = fit(model, train, valid, settings)
-        evaluation = evaluate_all(model, train, valid, k, device, config.data.positive_threshold,
-                                  (config.data.min_rating, config.data.max_rating))  # fmt: skip
-        rows = evaluation.metrics
-        all_activity += evaluation.by_activity
-        rows.append(Metric(name, "train_seconds", None, round(result.seconds, 3)))
-        all_metrics += rows
-        value = next((r.value for r in rows if r.metric == metric), None)
-        log.info("candidate %s: %s@%d = %s (best epoch %d, %.1fs)", name, metric, k,
-                 "n/a" if value is None else f"{value:.4f}", result.best_epoch, result.seconds)  # fmt: skip
-        if value is not None:
-            scores[name] = (value, result.best_epoch)
-    if not scores:
-        raise ConfigError(
-            f"no candidate model reports {metric}; choose another model.selection_metric"
-        )
-    sign = 1 if metric in LOWER_IS_BETTER else -1
-    ranked = sorted(scores, key=lambda n: sign * scores[n][0])
-    best = ranked[0]
-    selection = f"{best} chosen by validation {metric}@{k} = {scores[best][0]:.4f}"
-    if len(ranked) > 1:
-        selection += f" (runner-up {ranked[1]}: {scores[ranked[1]][0]:.4f})"
-    log.info(selection)
-    return Comparison(all_metrics, scores, best, selection, all_activity)
-
-
-def recent_history(data: Interactions, n: int) -> pl.DataFrame:
-    """Each user's latest `n` (0 = all) interactions with raw IDs; recency 1 is the latest."""
-    latest = (
-        data.frame.sort("timestamp", descending=True)
-        .with_columns(pl.int_range(1, pl.len() + 1).over("user_idx").alias("recency"))
-        .filter((pl.col("recency") <= n) | (n <= 0))
-        .sort("user_idx", "recency")
-    )
-    return pl.DataFrame(
-        {
-            "user_id": data.users.decode(latest["user_idx"].to_numpy()),
-            "item_id": data.items.decode(latest["item_idx"].to_numpy()),
-            "timestamp": latest["timestamp"],
-            "recency": latest["recency"].cast(pl.Int32),
-        }
-    )
-
-
-def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> TrainedModel:
-    """Compare the candidates, then refit the winner on all interactions for the epochs
-    early stopping chose (or keep it as trained on the split when model.refit is off)."""
-    data = dataset.interactions
-    comparison = compare_candidates(dataset, config, device)
-    model = new_model(comparison.best, dataset, config)
-    settings = train_settings(config, device)
-    if config.model.refit:
-        fit(model, data, None, settings, epochs=max(comparison.scores[comparison.best][1], 1))
-        seen = data
-    else:
-        train, valid = temporal_split(
-            data,
-            config.data.holdout_fraction,
-            config.training.seed,
-            config.data.min_user_interactions,
-        )
-        fit(model, train, valid, settings)
-        seen = train
-    indptr, indices = seen.csr()
-    return TrainedModel(
-        model=model,
-        users=data.users,
-        items=data.items,
-        seen=SeenMatrix(indptr, indices),
-        catalogue=dataset.catalogue,
-        history=recent_history(data, config.output.history_n),
-        metrics=comparison.metrics,
-        by_activity=comparison.by_activity,
-        selection=comparison.selection,
-        source=data.source,
-        num_interactions=len(data),
-        seed=config.training.seed,
-    )
 
 
 # ----------------------------------------------------------------------- score + publish
@@ -337,7 +170,7 @@ def run_row(
         "finished_at": now_iso(),
         "status": status,
         "model": trained.model.name,
-        "params": json.dumps(trained.model.hparams, sort_keys=True),
+        "params": json.dumps(trained.model.params(), sort_keys=True),
         "source": trained.source,
         "num_users": len(trained.users),
         "num_items": len(trained.items),

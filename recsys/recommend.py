@@ -123,7 +123,7 @@ def similar_items_skipped(trained: TrainedModel, n: int) -> str:
     """Why `similar_items` stays empty for this model ("" when it is computed)."""
     if n <= 0:
         return "disabled"
-    if trained.model.item_representations().shape[1] < 2:
+    if not trained.model.has_item_matrix and trained.model.item_representations().shape[1] < 2:
         return f"{trained.model.name} has no item vectors"
     return ""
 

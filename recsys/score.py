@@ -246,16 +246,19 @@ def _has_out_dtype(tensor: torch.Tensor) -> bool:
 
 
 class ModelScorer(BlockScorer):
-    """Scores through the model's own `score_block` (models without a linear form)."""
+    """Scores through the model's own `score_block` (models without a linear form), or with
+    `items_as_queries` through its `similar_items_block` (item-item models)."""
 
-    def __init__(self, model: Recommender) -> None:
+    def __init__(self, model: Recommender, items_as_queries: bool = False) -> None:
         self.model = model
-        self.num_queries, self.num_keys = model.num_users, model.num_items
+        self.block = model.similar_items_block if items_as_queries else model.score_block
+        self.num_queries = model.num_items if items_as_queries else model.num_users
+        self.num_keys = model.num_items
         self.bytes_per_score = max(BYTES_PER_SCORE, model.bytes_per_score)
 
     @torch.no_grad()
     def score(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.model.score_block(rows).float()
+        return self.block(rows).float()
 
 
 def scorer_for(
@@ -270,9 +273,12 @@ def scorer_for(
     return ModelScorer(model)
 
 
-def similar_items_scorer(model: Recommender, device: torch.device) -> FactorScorer:
-    """Cosine similarity of the model's item representations, items as queries."""
+def similar_items_scorer(model: Recommender, device: torch.device) -> BlockScorer:
+    """Items as queries: the item-item model's own matrix, else the cosine similarity of the
+    model's item representations."""
     model = model.to(device).eval()
+    if model.has_item_matrix:
+        return ModelScorer(model, items_as_queries=True)
     with torch.no_grad():
         reps = model.item_representations().float()
         reps = torch.nn.functional.normalize(reps, dim=1)

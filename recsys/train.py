@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from recsys.data.interactions import Interactions
 from recsys.errors import ConfigError, TrainingError
 from recsys.evaluate import evaluate_auc, evaluate_ranking, evaluate_ratings
-from recsys.models.base import Recommender
+from recsys.models.base import Feedback, Recommender
 from recsys.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _fit(
     ratings = torch.from_numpy(frame["rating"].to_numpy().astype(np.float32))
     model.prepare(users, items, ratings)
     if not model.trainable:
-        model.fit_direct(users, items, ratings)
+        model.fit_direct(feedback(train.positives(settings.positive_threshold)))
         return FitResult(model, 0, [], time.monotonic() - started)
 
     loss_name = hp.get("loss", "mse")
@@ -224,6 +224,27 @@ def _fit(
     else:
         best_epoch = len(history)
     return FitResult(model.eval(), best_epoch, history, time.monotonic() - started)
+
+
+def feedback(data: Interactions) -> Feedback:
+    """The interactions as closed-form fits take them (see models.base.Feedback)."""
+    frame = data.frame
+    position, age = data.recency()
+
+    def column(name: str, dtype: type) -> torch.Tensor:
+        return torch.from_numpy(frame[name].to_numpy().astype(dtype))
+
+    return Feedback(
+        user_idx=column("user_idx", np.int64),
+        item_idx=column("item_idx", np.int64),
+        rating=column("rating", np.float32),
+        weight=column("weight", np.float32),
+        position=torch.from_numpy(position),
+        age=torch.from_numpy(age),
+        num_users=data.num_users,
+        num_items=data.num_items,
+        ordered=data.has_time,
+    )
 
 
 def make_optimizer(model: Recommender, batch_size: int) -> torch.optim.Optimizer:

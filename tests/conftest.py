@@ -30,6 +30,10 @@ demo_interactions_per_user = 15
 candidates = ["popularity", "mf_bias", "bpr"]
 dim = 16
 
+[model.tuning]
+budget_seconds = 0  # each candidate's defaults: tuning has tests of its own
+blend = false
+
 [model.params.bpr]
 epochs = 8
 

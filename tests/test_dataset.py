@@ -7,7 +7,7 @@ import pytest
 from recsys.config import Config
 from recsys.dataset import load_dataset
 from recsys.errors import ConfigError, DataError
-from recsys.pipeline import candidate_names
+from recsys.select import candidate_names
 
 
 def _config(tmp_path: Path, users: str | None = None, items: str | None = None) -> Config:

@@ -12,7 +12,7 @@ from recsys.data.split import random_split, temporal_split
 from recsys.errors import ConfigError
 from recsys.evaluate import evaluate_ranking, predict_pairs
 from recsys.metrics import auc
-from recsys.models import REGISTRY, build_model
+from recsys.models import SELECTABLE, Feedback, build_model
 from recsys.models.fm import feature_args
 from recsys.models.layers import fm_pairwise
 from recsys.score import SeenMatrix, scorer_for, top_n
@@ -23,16 +23,24 @@ from recsys.train import TrainSettings, fit
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+def random_feedback(num_users: int, num_items: int, n: int = 200) -> Feedback:
+    """Distinct random (user, item) pairs with counts and positions (for closed-form fits)."""
+    keys = torch.unique(torch.randint(0, num_users * num_items, (n,)))
+    u, i = keys // num_items, keys % num_items
+    ones = torch.ones(len(keys))
+    return Feedback(u, i, ones * 4, torch.randint(1, 4, (len(keys),)).float(),
+                    torch.rand(len(keys)) * 10, torch.rand(len(keys)) * 1e6, num_users, num_items)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SELECTABLE)
 def test_full_scoring_matches_forward_on_tiled_pairs(name: str) -> None:
     torch.manual_seed(0)
     num_users, num_items = 13, 11
     model = build_model(name, num_users, num_items)
-    u = torch.randint(0, num_users, (200,))
-    i = torch.randint(0, num_items, (200,))
-    model.prepare(u, i, torch.rand(200) * 4 + 1)
+    feedback = random_feedback(num_users, num_items)
+    model.prepare(feedback.user_idx, feedback.item_idx, torch.rand(len(feedback.user_idx)) * 4 + 1)
     if not model.trainable:
-        model.fit_direct(u, i, torch.ones(200))
+        model.fit_direct(feedback)
     model.eval()
     with torch.no_grad():
         for p in model.parameters():  # non-trivial biases too
@@ -70,12 +78,21 @@ def _planted_interactions(affinity: float, seed: int = 1):
     )
 
 
-def test_bpr_recovers_planted_clusters_and_not_noise() -> None:
+RANKING_SETTINGS = {
+    "bpr": {"dim": 16, "epochs": 25},
+    "ials": {"dim": 16, "reg": 1.0},
+    "ease": {"reg": 50.0},
+    "itemknn": {"neighbours": 30},
+}
+
+
+@pytest.mark.parametrize("name", sorted(RANKING_SETTINGS))
+def test_ranking_models_recover_planted_clusters_and_not_noise(name: str) -> None:
     settings = TrainSettings(seed=0, batch_size=1024)
     results = {}
     for affinity in (4.0, 0.0):
         data, inter = _planted_interactions(affinity)
-        model = build_model("bpr", inter.num_users, inter.num_items, dim=16, epochs=25)
+        model = build_model(name, inter.num_users, inter.num_items, **RANKING_SETTINGS[name])
         fit(model, inter, None, settings)
         results[affinity] = _cluster_precision(model, inter, data.user_cluster, data.item_cluster)
     assert results[4.0] > 0.6, results  # planted: most recommendations come from the user's cluster

@@ -10,8 +10,8 @@ import torch
 
 from recsys.config import Config
 from recsys.dataset import load_dataset
-from recsys.pipeline import train_and_choose
 from recsys.recommend import recommendation_batches, similar_item_batches
+from recsys.select import train_and_choose
 from recsys.synthetic import planted
 
 CPU = torch.device("cpu")
@@ -31,7 +31,7 @@ def _write_planted(tmp_path: Path, cold_users: int = 0, new_items: int = 0):
     config.source.interactions = str(tmp_path / "events.csv")
     config.source.user_features = str(tmp_path / "users.csv")
     config.source.item_features = str(tmp_path / "items.csv")
-    config.model.params = {"fm": {"dim": 16, "epochs": 15}, "ials": {"dim": 16, "epochs": 15}}
+    config.model.params = {"fm": {"dim": 16, "epochs": 15}, "ials": {"dim": 16, "iterations": 5}}
     return data, config
 
 

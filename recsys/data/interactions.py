@@ -33,13 +33,17 @@ ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%
 @dataclass
 class Interactions:
     """Encoded interactions. `frame` has user_idx, item_idx (Int32), rating (Float32),
-    timestamp (Int64 seconds); one row per (user, item), the latest kept."""
+    timestamp (Int64 seconds), weight (Float32); one row per (user, item): the latest rating
+    and timestamp, and the weights of repeated rows summed (each row weighs 1 without a
+    weight column). `has_time`: timestamps are real time (a timestamp column, or file order
+    declared chronological); else they are only the file order."""
 
     frame: pl.DataFrame
     users: IdMap
     items: IdMap
     has_ratings: bool
     source: str
+    has_time: bool = True
 
     @property
     def num_users(self) -> int:
@@ -54,7 +58,26 @@ class Interactions:
 
     def with_frame(self, frame: pl.DataFrame) -> Interactions:
         """Same vocabularies, other rows (for splits): indices stay comparable."""
-        return Interactions(frame, self.users, self.items, self.has_ratings, self.source)
+        return Interactions(
+            frame, self.users, self.items, self.has_ratings, self.source, self.has_time
+        )
+
+    def recency(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of `frame`: (position, age) within its user's history, by timestamp; the
+        latest interaction has position 0 and age 0, the one before position 1 and age in
+        seconds since it. Equal timestamps share the smaller position. Zeros when
+        `has_time` is false: file order then says nothing about time."""
+        if not self.has_time:
+            zeros = np.zeros(self.frame.height, dtype=np.float32)
+            return zeros, zeros
+        ranked = self.frame.select(
+            (pl.col("timestamp").rank("min", descending=True).over("user_idx") - 1).alias("pos"),
+            (pl.col("timestamp").max().over("user_idx") - pl.col("timestamp")).alias("age"),
+        )
+        return (
+            ranked["pos"].to_numpy().astype(np.float32),
+            ranked["age"].to_numpy().astype(np.float32),
+        )
 
     def csr(self) -> tuple[np.ndarray, np.ndarray]:
         """(indptr (num_users+1,) int64, indices (nnz,) int32): items each user has, sorted."""
@@ -105,7 +128,13 @@ def interactions_from_frame(
         if "timestamp" in names
         else pl.Series("timestamp", np.arange(raw.height, dtype=np.int64))  # file order
     )
+    weight = (
+        _parse_weights(raw[names["weight"]], label, names["weight"])
+        if "weight" in names
+        else pl.Series("weight", np.ones(raw.height, dtype=np.float32))
+    )
     users, items = IdMap(user), IdMap(item)
+    pair = ["user_idx", "item_idx"]
     frame = (
         pl.DataFrame(
             {
@@ -113,20 +142,30 @@ def interactions_from_frame(
                 "item_idx": items.encode(item),
                 "rating": rating.cast(pl.Float32),
                 "timestamp": timestamp.cast(pl.Int64),
+                "weight": weight.cast(pl.Float32),
                 "row": np.arange(raw.height, dtype=np.int64),
             }
         )
         .sort("timestamp", "row")
-        .unique(["user_idx", "item_idx"], keep="last", maintain_order=True)
+        .with_columns(pl.col("weight").sum().over(pair))
+        .unique(pair, keep="last", maintain_order=True)
         .drop("row")
     )
     if frame.height < raw.height:
         log.info(
-            "%s: %d repeated (user, item) rows merged, latest kept",
+            "%s: %d repeated (user, item) rows merged: latest rating and time kept, weights added",
             label,
             raw.height - frame.height,
         )
-    return Interactions(frame, users, items, has_ratings, label)
+    has_time = "timestamp" in names or data.order_is_time
+    if not has_time:
+        log.info(
+            "%s: no '%s' column and data.order_is_time is off: validation holds out a random "
+            "sample of each user's interactions, and recency weighting is off",
+            label,
+            columns.timestamp,
+        )
+    return Interactions(frame, users, items, has_ratings, label, has_time)
 
 
 def _resolve_columns(
@@ -139,7 +178,7 @@ def _resolve_columns(
         return {role: name for name, role in MOVIELENS_LATEST.items()}
     found = ", ".join(raw.columns)
     names: dict[str, str] = {}
-    for role in ("user", "item", "rating", "timestamp"):
+    for role in ("user", "item", "rating", "timestamp", "weight"):
         wanted = getattr(columns, role)
         if wanted in raw.columns:
             if raw[wanted].null_count() == raw.height and raw.height > 0:
@@ -207,6 +246,20 @@ def _parse_ratings(values: pl.Series, label: str, column: str, data: DataConfig)
             f"[{data.min_rating:g}, {data.max_rating:g}]; set data.min_rating/max_rating in recsys.toml"
         )
     return numbers
+
+
+def _parse_weights(values: pl.Series, label: str, column: str) -> pl.Series:
+    """Non-negative finite numbers (counts, durations); refused otherwise, naming the row."""
+    numbers = values.str.strip_chars() if values.dtype == pl.String else values
+    numbers = numbers.cast(pl.Float64, strict=False)
+    bad = numbers.is_null() | ~numbers.is_finite() | (numbers < 0)
+    if bad.any():
+        row = _first_row(bad)
+        raise DataError(
+            f"{label}: column '{column}' row {row}: expected a non-negative number (a count or "
+            f"weight), found {_show(values[row - 1])}"
+        )
+    return numbers.rename("weight")
 
 
 def parse_timestamps(values: pl.Series, label: str, column: str) -> pl.Series:

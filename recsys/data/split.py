@@ -23,6 +23,13 @@ def temporal_split(
         pl.int_range(pl.len(), 0, -1).over("user_idx").alias("_rev"),
         pl.len().over("user_idx").alias("_n"),
     )
+    return _split(data, ranked, fraction, min_user_interactions)
+
+
+def _split(
+    data: Interactions, ranked: pl.DataFrame, fraction: float, min_user_interactions: int
+) -> tuple[Interactions, Interactions]:
+    """Hold out rows with `_rev` (1-based within the user) up to the user's share."""
     held = (pl.col("_n") >= min_user_interactions) & (
         pl.col("_rev") <= (pl.col("_n") * fraction).floor().clip(lower_bound=1)
     )
@@ -31,6 +38,29 @@ def temporal_split(
         data.with_frame(ranked.filter(~held).select(columns)),
         data.with_frame(ranked.filter(held).select(columns)),
     )
+
+
+def holdout_split(
+    data: Interactions, fraction: float, seed: int, min_user_interactions: int = 3
+) -> tuple[Interactions, Interactions]:
+    """The validation holdout: each user's latest `fraction` when the data has time, else a
+    seeded random `fraction` of each user's interactions (file order is not time)."""
+    split = temporal_split if data.has_time else user_random_split
+    return split(data, fraction, seed, min_user_interactions)
+
+
+def user_random_split(
+    data: Interactions, fraction: float, seed: int, min_user_interactions: int = 3
+) -> tuple[Interactions, Interactions]:
+    """Hold out a seeded random `fraction` of each user's interactions (at least one), with
+    the same rule as `temporal_split` for users with few interactions."""
+    rng = np.random.default_rng(seed)
+    frame = data.frame.with_columns(pl.Series("_draw", rng.permutation(data.frame.height)))
+    ranked = frame.with_columns(
+        pl.col("_draw").rank("ordinal").over("user_idx").alias("_rev"),
+        pl.len().over("user_idx").alias("_n"),
+    )
+    return _split(data, ranked, fraction, min_user_interactions)
 
 
 def random_split(

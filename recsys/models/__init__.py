@@ -7,16 +7,23 @@ from typing import Any
 import torch
 
 from recsys.errors import ConfigError
-from recsys.models.base import Factors, Recommender
+from recsys.models.base import Factors, Feedback, Recommender
+from recsys.models.blend import Blend
 from recsys.models.deepfm import DeepFM
+from recsys.models.ease import EASE
 from recsys.models.fm import FM
-from recsys.models.mf import BPRMF, IALSMF, MF
+from recsys.models.ials import IALS
+from recsys.models.itemknn import ItemKNN
+from recsys.models.mf import BPRMF, MF
 from recsys.models.mf_bias import BiasedMF
 from recsys.models.popularity import Popularity
 
 REGISTRY: dict[str, type[Recommender]] = {
-    cls.name: cls for cls in (MF, BiasedMF, BPRMF, IALSMF, Popularity, FM, DeepFM)
+    cls.name: cls
+    for cls in (MF, BiasedMF, BPRMF, IALS, Popularity, FM, DeepFM, EASE, ItemKNN, Blend)
 }
+# The names a configuration or --model may ask for (a blend is built by `auto` itself).
+SELECTABLE = sorted(name for name, cls in REGISTRY.items() if cls.selectable)
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -24,8 +31,19 @@ def model_class(name: str) -> type[Recommender]:
         return REGISTRY[name]
     except KeyError:
         raise ConfigError(
-            f"unknown model '{name}' (expected one of: {', '.join(sorted(REGISTRY))}, or auto)"
+            f"unknown model '{name}' (expected one of: {', '.join(SELECTABLE)}, or auto)"
         ) from None
+
+
+def selectable_class(name: str) -> type[Recommender]:
+    """The class of a model a configuration may ask for by name."""
+    cls = model_class(name)
+    if not cls.selectable:
+        raise ConfigError(
+            f"model '{name}' is built by auto, not asked for (expected one of: "
+            f"{', '.join(SELECTABLE)}, or auto)"
+        )
+    return cls
 
 
 def build_model(
@@ -37,12 +55,15 @@ def build_model(
     **hparams: Any,
 ) -> Recommender:
     """A freshly initialised model; the same seed gives the same initial weights.
-    `model_args` (feature shapes) only reach models that use features."""
+    `model_args`: constructor arguments beyond hyper-parameters (feature shapes, a blend's
+    members), as the model's `model_args` keeps them."""
     cls = model_class(name)
-    args = (model_args or {}) if cls.uses_features else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return cls(num_users, num_items, **args, **hparams)
+        return cls(num_users, num_items, **(model_args or {}), **hparams)
 
 
-__all__ = ["REGISTRY", "Factors", "Recommender", "build_model", "model_class"]
+__all__ = [
+    "REGISTRY", "SELECTABLE", "Factors", "Feedback", "Recommender", "build_model", "model_class",
+    "selectable_class",
+]  # fmt: skip

@@ -16,6 +16,26 @@ from recsys.errors import ConfigError
 
 
 @dataclass
+class Feedback:
+    """What a closed-form fit (`fit_direct`) learns from: one row per (user, item) pair.
+
+    `weight` is the summed count or strength of the pair's rows (1 each without a weight
+    column); `position` / `age` its recency within the user's history (0 = latest; see
+    Interactions.recency), all zeros when the data has no time order (`ordered` False).
+    """
+
+    user_idx: torch.Tensor  # (N,) int64
+    item_idx: torch.Tensor  # (N,) int64
+    rating: torch.Tensor  # (N,) float32
+    weight: torch.Tensor  # (N,) float32
+    position: torch.Tensor  # (N,) float32
+    age: torch.Tensor  # (N,) float32 seconds
+    num_users: int
+    num_items: int
+    ordered: bool = True
+
+
+@dataclass
 class Factors:
     """Linear full-scoring form: scores(users) = user[users] @ item.T."""
 
@@ -36,8 +56,19 @@ class Recommender(nn.Module):
     predicts_ratings: ClassVar[bool] = False
     # True when the model reads side features (FM, DeepFM): see set_features.
     uses_features: ClassVar[bool] = False
+    # False for models built by the job itself (a blend), not asked for by name.
+    selectable: ClassVar[bool] = True
     # Scratch bytes per (query, item) score in score_block, for chunk sizing.
     bytes_per_score: int = 12
+    # Hyper-parameters tuned on validation (recsys.tune): name -> ("log", low, high) |
+    # ("int_log", low, high) | ("float", low, high) | ("choice", [values]) | ("half_life",
+    # low, high): a recency half-life, searched only when the data has time order, 0 = off.
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {}
+
+    @classmethod
+    def unsuitable(cls, num_users: int, num_items: int, hparams: dict[str, Any]) -> str:
+        """Why this model cannot be trained at this size with these settings ("" if it can)."""
+        return ""
 
     def __init__(self, num_users: int, num_items: int, **hparams: Any) -> None:
         super().__init__()
@@ -52,6 +83,10 @@ class Recommender(nn.Module):
         self.hparams: dict[str, Any] = {**self.DEFAULTS, **hparams}
         # Constructor arguments beyond hyper-parameters (feature shapes), kept in checkpoints.
         self.model_args: dict[str, Any] = {}
+
+    def params(self) -> dict[str, Any]:
+        """The settings that describe this model in runs.params and reports."""
+        return dict(self.hparams)
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """Logits for pairs: (B,), (B,) -> (B,)."""
@@ -101,10 +136,18 @@ class Recommender(nn.Module):
             raise NotImplementedError
         return f.item
 
-    def fit_direct(
-        self, user_idx: torch.Tensor, item_idx: torch.Tensor, rating: torch.Tensor
-    ) -> None:
-        """Closed-form fit for models with trainable = False."""
+    def fit_direct(self, feedback: Feedback) -> None:
+        """Closed-form (or self-driven) fit for models with trainable = False."""
+        raise NotImplementedError
+
+    @property
+    def has_item_matrix(self) -> bool:
+        """True when similar items come from `similar_items_block` (item-item models), not
+        from the cosine of `item_representations`."""
+        return False
+
+    def similar_items_block(self, item_idx: torch.Tensor) -> torch.Tensor:
+        """(B,) -> (B, num_items) item-to-item scores (models with an item matrix)."""
         raise NotImplementedError
 
     def prepare(self, user_idx: torch.Tensor, item_idx: torch.Tensor, rating: torch.Tensor) -> None:

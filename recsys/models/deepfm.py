@@ -27,6 +27,12 @@ class DeepFM(FM):
         "hidden": [64, 32],
         "dropout": 0.1,
     }
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {
+        "dim": ("choice", [16, 32, 64]),
+        "lr": ("log", 1e-3, 2e-2),
+        "reg": ("log", 1e-5, 1e-1),
+        "dropout": ("float", 0.0, 0.5),
+    }
 
     def __init__(self, num_users: int, num_items: int, **kwargs: Any) -> None:
         super().__init__(num_users, num_items, **kwargs)

@@ -46,6 +46,11 @@ class FM(Recommender):
         "alpha": 1.0,
         "unobserved_weight": 1.0,
     }
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {
+        "dim": ("choice", [32, 64, 128]),
+        "lr": ("log", 1e-3, 2e-2),
+        "reg": ("log", 1e-3, 1.0),
+    }
 
     def __init__(
         self,

@@ -33,6 +33,11 @@ class MF(Recommender):
         "alpha": 1.0,
         "unobserved_weight": 1.0,
     }
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {
+        "dim": ("choice", [32, 64, 128]),
+        "lr": ("log", 1e-3, 5e-2),
+        "reg": ("log", 1e-4, 1.0),
+    }
 
     def __init__(self, num_users: int, num_items: int, **hparams: Any) -> None:
         super().__init__(num_users, num_items, **hparams)
@@ -77,18 +82,3 @@ def _or_mean(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows of `table` at `idx`, the mean row where idx is -1. (B,) -> (B, d)."""
     rows = table[idx.clamp(min=0)]
     return torch.where((idx >= 0)[:, None], rows, table.mean(0, keepdim=True))
-
-
-class IALSMF(MF):
-    """MF trained with the implicit-ALS objective (every unobserved pair a weak negative),
-    by gradient steps on exact Gramians instead of alternating solves."""
-
-    name: ClassVar[str] = "ials"
-    predicts_ratings: ClassVar[bool] = False
-    DEFAULTS: ClassVar[dict[str, Any]] = {
-        **MF.DEFAULTS,
-        "loss": "ials",
-        "lr": 0.005,
-        "reg": 0.1,
-        "epochs": 60,
-    }

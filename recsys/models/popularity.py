@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from recsys.models.base import Factors, Recommender
+from recsys.models.base import Factors, Feedback, Recommender
 
 
 class Popularity(Recommender):
@@ -21,10 +21,8 @@ class Popularity(Recommender):
         super().__init__(num_users, num_items, **hparams)
         self.register_buffer("counts", torch.zeros(num_items))  # (I,)
 
-    def fit_direct(
-        self, user_idx: torch.Tensor, item_idx: torch.Tensor, rating: torch.Tensor
-    ) -> None:
-        counts = torch.bincount(item_idx.long(), minlength=self.num_items).float()
+    def fit_direct(self, feedback: Feedback) -> None:
+        counts = torch.bincount(feedback.item_idx.long(), minlength=self.num_items).float()
         # log1p keeps scores comparable in scale to other models; ranking is unchanged.
         self.counts.copy_(torch.log1p(counts))
 

@@ -1,0 +1,346 @@
+"""Choosing the served model: every candidate is tuned on the validation holdout, the best one
+(or a blend of the best two, when that beats both) is refit on all interactions.
+
+The holdout is each user's latest share of interactions when the data has time, else a
+seeded random share of each user's interactions (recsys.data.split.holdout_split).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from recsys.checkpoint import TrainedModel
+from recsys.config import Config
+from recsys.data.interactions import Interactions
+from recsys.data.split import holdout_split
+from recsys.dataset import Dataset
+from recsys.errors import ConfigError, DataError
+from recsys.evaluate import (
+    ActivityMetric,
+    Metric,
+    evaluate_all,
+    evaluate_auc,
+    evaluate_ratings,
+    rank_held_out,
+)
+from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
+from recsys.models import build_model, selectable_class
+from recsys.models.base import Recommender
+from recsys.models.blend import Blend
+from recsys.models.fm import feature_args
+from recsys.score import SeenMatrix
+from recsys.train import TrainSettings, fit
+from recsys.tune import Tuned, tune
+
+log = logging.getLogger(__name__)
+
+# Users sampled per tuning trial's ranking evaluation (all of them for the final metrics).
+TRIAL_MAX_USERS = 10_000
+# Blend weights tried for the best candidate (the runner-up gets the rest).
+BLEND_WEIGHTS = tuple(np.round(np.arange(0.1, 1.0, 0.1), 2))
+
+
+def train_settings(config: Config, device: torch.device) -> TrainSettings:
+    return TrainSettings(
+        seed=config.training.seed,
+        device=device,
+        batch_size=config.training.batch_size,
+        patience=config.training.patience,
+        threads=config.training.threads,
+        eval_k=config.model.selection_k,
+        positive_threshold=config.data.positive_threshold,
+        rating_range=(config.data.min_rating, config.data.max_rating),
+    )
+
+
+def candidate_names(config: Config) -> list[str]:
+    names = config.model.candidates if config.model.name == "auto" else [config.model.name]
+    if not names:
+        raise ConfigError('model.candidates is empty; list at least one model, e.g. ["ease"]')
+    for name in names:
+        selectable_class(name)  # unknown names fail before any work
+    metric = config.model.selection_metric
+    if metric not in RANKING_METRICS + RATING_METRICS:
+        raise ConfigError(
+            f"unknown selection metric '{metric}' (expected one of: {', '.join(RANKING_METRICS + RATING_METRICS)})"
+        )
+    return names
+
+
+def model_params(config: Config, name: str) -> dict[str, Any]:
+    """The hyper-parameters the configuration sets for `name` ([model.params.NAME], model.dim)."""
+    params = dict(config.model.params.get(name, {}))
+    if config.model.dim and "dim" in selectable_class(name).DEFAULTS and "dim" not in params:
+        params["dim"] = config.model.dim
+    return params
+
+
+def new_model(
+    name: str, dataset: Dataset, config: Config, params: dict[str, Any] | None = None
+) -> Recommender:
+    """A fresh, seeded model of `name` with `params` (default: the configured ones); feature
+    models get the dataset's side features."""
+    data, users, items = dataset.interactions, dataset.user_features, dataset.item_features
+    cls = selectable_class(name)
+    args = feature_args(users, items) if cls.uses_features else None
+    params = model_params(config, name) if params is None else params
+    model = build_model(name, data.num_users, data.num_items, seed=config.training.seed,
+                        model_args=args, **params)  # fmt: skip
+    if model.uses_features:
+        model.set_features(users, items)
+    return model
+
+
+def skip_reason(name: str, dataset: Dataset, config: Config) -> str:
+    """Why `auto` leaves candidate `name` out on this data ("" when it is trained). A model
+    asked for by name is never skipped: its own errors say what is wrong."""
+    data = dataset.interactions
+    cls = selectable_class(name)
+    loss = {**cls.DEFAULTS, **model_params(config, name)}.get("loss")
+    if loss in ("mse", "logloss") and not data.has_ratings:
+        return f"it needs ratings and {data.source} has none"
+    unsuitable = cls.unsuitable(
+        data.num_users, data.num_items, {**cls.DEFAULTS, **model_params(config, name)}
+    )
+    if unsuitable:
+        return unsuitable
+    if cls.uses_features and not _has_side_features(dataset):
+        return "no side features are configured (without them it is a slower ials)"
+    return ""
+
+
+def _has_side_features(dataset: Dataset) -> bool:
+    return len(dataset.user_features.fields) > 1 or len(dataset.item_features.fields) > 1
+
+
+@dataclass
+class Comparison:
+    """Every candidate's validation metrics and the winner ("blend" for a blend)."""
+
+    metrics: list[Metric]
+    scores: dict[str, tuple[float, int]]  # name -> (selection metric value, best epoch)
+    best: str
+    selection: str  # one line: who won, by how much
+    by_activity: list[ActivityMetric] = field(default_factory=list)
+    tuned: dict[str, Tuned] = field(default_factory=dict)  # fitted on the training split
+    blend: Blend | None = None  # the winning blend, members fitted on the training split
+
+
+class Validation:
+    """The holdout of one comparison and how a model is scored on it."""
+
+    def __init__(self, dataset: Dataset, config: Config, device: torch.device) -> None:
+        data = dataset.interactions
+        self.train, self.valid = holdout_split(data, config.data.holdout_fraction,
+                                               config.training.seed,
+                                               config.data.min_user_interactions)  # fmt: skip
+        if len(self.valid) == 0:
+            raise DataError(
+                f"{data.source}: no user has {config.data.min_user_interactions}+ interactions, so nothing can be held out for validation"
+            )
+        self.config, self.device = config, device
+        self.metric, self.k = config.model.selection_metric, config.model.selection_k
+        self.maximize = self.metric not in LOWER_IS_BETTER
+        self.threshold = config.data.positive_threshold
+        self.rating_range = (config.data.min_rating, config.data.max_rating)
+
+    def value(self, model: Recommender, max_users: int = TRIAL_MAX_USERS) -> float:
+        """The selection metric of a fitted model on the holdout (NaN when it has none)."""
+        if self.metric in RANKING_METRICS:
+            return rank_held_out(model, self.train, self.valid, self.k, self.device,
+                                 self.threshold, max_users, self.config.training.seed
+                                 ).metrics[self.metric]  # fmt: skip
+        if self.metric == "auc":
+            return evaluate_auc(model, self.valid, self.device, self.threshold)
+        if not (self.train.has_ratings and model.predicts_ratings):
+            return float("nan")
+        return evaluate_ratings(model, self.valid, self.device, *self.rating_range)[self.metric]
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.maximize else a < b
+
+    def evaluate(self, model: Recommender) -> tuple[list[Metric], list[ActivityMetric]]:
+        evaluation = evaluate_all(model, self.train, self.valid, self.k, self.device,
+                                  self.threshold, self.rating_range)  # fmt: skip
+        rows = evaluation.metrics
+        if self.metric == "auc":
+            rows.append(Metric(model.name, "auc", None, self.value(model)))
+        return rows, evaluation.by_activity
+
+
+def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -> Comparison:
+    """Tune every candidate on the holdout within the tuning budget and rank them by the
+    selection metric; with `auto`, also try a blend of the best two."""
+    names = candidate_names(config)
+    check = Validation(dataset, config, device)
+    settings = train_settings(config, device)
+    tuning = config.model.tuning
+    deadline = time.monotonic() + tuning.budget_seconds
+    auto = config.model.name == "auto"
+    metrics: list[Metric] = []
+    activity: list[ActivityMetric] = []
+    tuned: dict[str, Tuned] = {}
+    for position, name in enumerate(names):
+        reason = skip_reason(name, dataset, config) if auto else ""
+        if reason:
+            log.info("candidate %s: skipped (%s)", name, reason)
+            continue
+        share = max(0.0, deadline - time.monotonic()) / (len(names) - position)
+        log.info("candidate %s: tuning (up to %d trials in %.0fs)", name, tuning.trials, share)
+
+        def run_trial(params: dict[str, Any], name: str = name) -> tuple[Recommender, float, int]:
+            model = new_model(name, dataset, config, params)
+            result = fit(model, check.train, check.valid, settings)
+            return model, check.value(model), result.best_epoch
+
+        cls = selectable_class(name)
+        given = model_params(config, name)
+        result = tune(name, given, {**cls.DEFAULTS, **given}, cls.SEARCH_SPACE, run_trial,
+                      share if tuning.budget_seconds > 0 else 0.0, tuning.trials,
+                      config.training.seed, check.maximize, check.train.has_time)  # fmt: skip
+        tuned[name] = result
+        rows, by_activity = check.evaluate(result.model)
+        metrics += rows + _tuning_rows(result)
+        activity += by_activity
+        value = next((r.value for r in rows if r.metric == check.metric), None)
+        log.info("candidate %s: %s@%d = %s after %d trial(s) in %.1fs (%s)", name, check.metric,
+                 check.k, "n/a" if value is None else f"{value:.4f}", len(result.trials),
+                 result.seconds, _show(result.model.params()))  # fmt: skip
+    scores = {
+        name: (value, tuned[name].best_epoch)
+        for name in tuned
+        for value in [next((m.value for m in metrics if m.model == name and m.metric == check.metric), None)]
+        if value is not None and np.isfinite(value)
+    }  # fmt: skip
+    if not scores:
+        raise ConfigError(
+            f"no candidate model reports {check.metric}; choose another model.selection_metric"
+        )
+    ranked = sorted(scores, key=lambda n: scores[n][0], reverse=check.maximize)
+    best, blend = ranked[0], None
+    selection = f"{best} chosen by validation {check.metric}@{check.k} = {scores[best][0]:.4f}"
+    if len(ranked) > 1:
+        selection += f" (runner-up {ranked[1]}: {scores[ranked[1]][0]:.4f})"
+    if auto and tuning.blend and len(ranked) > 1:
+        blend = best_blend([tuned[n] for n in ranked[:2]], check)
+        if blend is not None:
+            rows, by_activity = check.evaluate(blend)
+            metrics += rows
+            activity += by_activity
+            value = next(m.value for m in rows if m.metric == check.metric)
+            scores["blend"] = (value, 0)
+            a, b = ranked[:2]
+            wa, wb = blend.hparams["weights"]
+            selection = (
+                f"blend of {a} ({wa:g}) and {b} ({wb:g}) chosen by validation "
+                f"{check.metric}@{check.k} = {value:.4f}: it beats {a} ({scores[a][0]:.4f}) "
+                f"and {b} ({scores[b][0]:.4f})"
+            )
+            best = "blend"
+    log.info(selection)
+    return Comparison(metrics, scores, best, selection, activity, tuned, blend)
+
+
+def best_blend(candidates: list[Tuned], check: Validation) -> Blend | None:
+    """The blend of two tuned candidates with the best weight on the holdout, when it beats
+    both of them there; else None."""
+    members = [c.model for c in candidates]
+    best_value, best_weight = None, None
+    for weight in BLEND_WEIGHTS:
+        value = check.value(Blend.of(members, [float(weight), 1.0 - float(weight)]))
+        if best_value is None or check.better(value, best_value):
+            best_value, best_weight = value, float(weight)
+    beaten = [c.value for c in candidates]
+    if best_value is None or not all(check.better(best_value, v) for v in beaten):
+        log.info("blend of %s: no weight beats both on validation (best %.4f at %.1f)",
+                 " and ".join(c.name for c in candidates), best_value or 0.0, best_weight or 0.0)  # fmt: skip
+        return None
+    return Blend.of(members, [best_weight, round(1.0 - best_weight, 2)])
+
+
+def _tuning_rows(result: Tuned) -> list[Metric]:
+    """A candidate's tuning record for the metrics table: trials, seconds (all trials and the
+    chosen one's fit) and every numeric hyper-parameter it was chosen with (param.NAME)."""
+    chosen = next((t for t in result.trials if t.params == result.params), None)
+    rows = [
+        Metric(result.name, "tuning_trials", None, float(len(result.trials))),
+        Metric(result.name, "tuning_seconds", None, round(result.seconds, 3)),
+        Metric(result.name, "train_seconds", None, round(chosen.seconds if chosen else 0.0, 3)),
+    ]
+    for key, value in sorted(result.model.params().items()):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            rows.append(Metric(result.name, f"param.{key}", None, float(value)))
+    return rows
+
+
+def _show(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> TrainedModel:
+    """Compare the candidates, then refit the winner (each member of a winning blend) on all
+    interactions with its tuned hyper-parameters, for the epochs early stopping chose; with
+    model.refit off, serve it as fitted on the training split."""
+    data = dataset.interactions
+    comparison = compare_candidates(dataset, config, device)
+    if config.model.refit:
+        settings = train_settings(config, device)
+        names = (
+            [m.name for m in comparison.blend.members] if comparison.blend else [comparison.best]
+        )
+        models = []
+        for name in names:
+            result = comparison.tuned[name]
+            log.info("refit: %s on all %d interactions", name, len(data))
+            model = new_model(name, dataset, config, result.params)
+            fit(model, data, None, settings, epochs=max(result.best_epoch, 1))
+            models.append(model)
+        model = (
+            Blend.of(models, comparison.blend.hparams["weights"]) if comparison.blend else models[0]
+        )
+        seen = data
+    else:
+        model = comparison.blend or comparison.tuned[comparison.best].model
+        seen = Validation(dataset, config, device).train
+    indptr, indices = seen.csr()
+    return TrainedModel(
+        model=model,
+        users=data.users,
+        items=data.items,
+        seen=SeenMatrix(indptr, indices),
+        catalogue=dataset.catalogue,
+        history=recent_history(data, config.output.history_n),
+        metrics=comparison.metrics,
+        by_activity=comparison.by_activity,
+        selection=comparison.selection,
+        source=data.source,
+        num_interactions=len(data),
+        seed=config.training.seed,
+    )
+
+
+def recent_history(data: Interactions, n: int) -> pl.DataFrame:
+    """Each user's latest `n` (0 = all) interactions with raw IDs; recency 1 is the latest."""
+    latest = (
+        data.frame.sort("timestamp", descending=True)
+        .with_columns(pl.int_range(1, pl.len() + 1).over("user_idx").alias("recency"))
+        .filter((pl.col("recency") <= n) | (n <= 0))
+        .sort("user_idx", "recency")
+    )
+    return pl.DataFrame(
+        {
+            "user_id": data.users.decode(latest["user_idx"].to_numpy()),
+            "item_id": data.items.decode(latest["item_idx"].to_numpy()),
+            "timestamp": latest["timestamp"],
+            "recency": latest["recency"].cast(pl.Int32),
+        }
+    )
