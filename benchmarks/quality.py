@@ -28,7 +28,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys.config import Config
-from recsys.data.interactions import Interactions, load_interactions
+from recsys.data.interactions import Interactions
 from recsys.data.split import holdout_split, random_split, temporal_split, user_random_split
 from recsys.dataset import Dataset, load_dataset
 from recsys.evaluate import Ranking, evaluate_ranking, evaluate_ratings, rank_held_out
@@ -163,7 +163,9 @@ def peer_rows(train, test, inner, ours: Ranking, bm25_too: bool) -> list[str]:
         label, theirs, seconds = implicit_als(train, test, inner, bm25)
         rows.append(ranking_row(label, theirs, seconds))
         diff, t, n = paired_t(ours, theirs)
-        tests.append(f"- default nightly vs {label.split(' (')[0]}: mean NDCG@10 difference {diff:+.4f} over {n} users, paired t = {t:.2f}")
+        tests.append(
+            f"- default nightly vs {label.split(' (')[0]}: mean NDCG@10 difference {diff:+.4f} over {n} users, paired t = {t:.2f}"
+        )
         print(rows[-1], tests[-1], flush=True)
     return rows + ["", *tests]
 
@@ -255,7 +257,9 @@ def rating_section(dataset: Dataset, config: Config) -> list[str]:
         model = new_model(name, dataset, config, {})
         fit(model, train, None, settings, epochs=max(result.best_epoch, 1))
         r = evaluate_ratings(model, test, CPU, 1.0, 5.0)
-        lines.append(f"| {name} | {r['rmse']:.4f} | {r['mae']:.4f} | {time.monotonic() - started:.0f} |")
+        lines.append(
+            f"| {name} | {r['rmse']:.4f} | {r['mae']:.4f} | {time.monotonic() - started:.0f} |"
+        )
         print(lines[-1], flush=True)
     return lines
 
@@ -270,7 +274,9 @@ def cold_start_section(dataset: Dataset, config: Config) -> list[str]:
     is_cold = pl.Series(cold[data.frame["user_idx"].to_numpy()])
     train = data.with_frame(data.frame.filter(~is_cold))
     held_out = data.with_frame(data.frame.filter(is_cold))
-    features = dataclasses.replace(dataset.user_features, weight=dataset.user_features.weight.copy())
+    features = dataclasses.replace(
+        dataset.user_features, weight=dataset.user_features.weight.copy()
+    )
     features.weight[cold, 0, :] = 0.0  # cold users have no trained ID vector: features only
     cold_dataset = dataclasses.replace(dataset, interactions=train, user_features=features)
     lines = ["## Cold users (10% of users: interactions hidden, features kept; NDCG@10 on all their interactions)", "",
@@ -307,7 +313,9 @@ def main() -> None:
     parser.add_argument("--sections", default="topn,bare,rating,ctr,cold")
     args = parser.parse_args()
     if not (args.data / "u.data").exists():
-        raise SystemExit(f"{args.data}: MovieLens-100K not found (expected u.data, u.user, items.csv)")
+        raise SystemExit(
+            f"{args.data}: MovieLens-100K not found (expected u.data, u.user, items.csv)"
+        )
     sections = args.sections.split(",")
     config = Config()
     config.source.interactions = str(args.data / "u.data")
@@ -327,7 +335,9 @@ def main() -> None:
         lines += ctr_lines(dataset, featured)
     if "cold" in sections:
         lines += cold_start_section(dataset, featured) + [""]
-    lines.append(f"Total {time.monotonic() - started:.0f} s with {torch.get_num_threads()} torch threads.")
+    lines.append(
+        f"Total {time.monotonic() - started:.0f} s with {torch.get_num_threads()} torch threads."
+    )
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

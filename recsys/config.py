@@ -120,7 +120,8 @@ class TrainingConfig:
     seed: int = 42
     # "auto" = CUDA when present, else CPU.
     device: str = "auto"
-    # CPU threads for training (small per-batch ops gain little from more; scoring uses all).
+    # CPU threads for epoch-trained models (their small per-batch ops gain little from more);
+    # closed-form fits (ease, itemknn, ials) and scoring use every thread.
     threads: int = 1
 
 

@@ -32,10 +32,8 @@ def ranking_metrics(hits: np.ndarray, num_relevant: np.ndarray, k: int) -> dict[
     if hits.shape[1] < k:  # users with fewer than K candidates: pad with misses
         hits = np.pad(hits, ((0, 0), (0, k - hits.shape[1])))
     ranks = np.arange(1, k + 1)
-    discounts = 1.0 / np.log2(ranks + 1)
     num_hits = hits.sum(axis=1)
     ideal = np.minimum(num_relevant, k)
-    idcg = np.cumsum(discounts)[ideal - 1]
     precision_at_r = np.cumsum(hits, axis=1) / ranks
     return {
         "precision": float(np.mean(num_hits / k)),

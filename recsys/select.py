@@ -179,6 +179,7 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
     """Tune every candidate on the holdout within the tuning budget and rank them by the
     selection metric; with `auto`, also try a blend of the best two."""
     names = candidate_names(config)
+    data = dataset.interactions
     check = Validation(dataset, config, device)
     settings = train_settings(config, device)
     tuning = config.model.tuning
@@ -188,10 +189,15 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
     activity: list[ActivityMetric] = []
     tuned: dict[str, Tuned] = {}
     for position, name in enumerate(names):
-        reason = skip_reason(name, dataset, config) if auto else ""
-        if reason:
+        reason = skip_reason(name, dataset, config)
+        if reason and auto:
             log.info("candidate %s: skipped (%s)", name, reason)
             continue
+        cls = selectable_class(name)
+        given = model_params(config, name)
+        unsuitable = cls.unsuitable(data.num_users, data.num_items, {**cls.DEFAULTS, **given})
+        if unsuitable:  # asked for by name: say why it cannot run
+            raise ConfigError(f"model '{name}': {unsuitable}")
         share = max(0.0, deadline - time.monotonic()) / (len(names) - position)
         log.info("candidate %s: tuning (up to %d trials in %.0fs)", name, tuning.trials, share)
 
@@ -200,8 +206,6 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
             result = fit(model, check.train, check.valid, settings)
             return model, check.value(model), result.best_epoch
 
-        cls = selectable_class(name)
-        given = model_params(config, name)
         result = tune(name, given, {**cls.DEFAULTS, **given}, cls.SEARCH_SPACE, run_trial,
                       share if tuning.budget_seconds > 0 else 0.0, tuning.trials,
                       config.training.seed, check.maximize, check.train.has_time)  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from recsys.errors import RecsysError, TrainingError
 from recsys.models.base import Recommender
 
 log = logging.getLogger(__name__)
+STARTUP_TRIALS = 6
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are logged here, at DEBUG
 
 
@@ -85,7 +87,13 @@ def tune(
             best = Tuned(name, model, params, value, epoch)
         return value if math.isfinite(value) else (-1e30 if maximize else 1e30)
 
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max_trials // 3 + 1))
+    # Few random start-up trials: budgets allow tens of trials, not hundreds; multivariate TPE
+    # models the interplay of settings (regularisation and half-life move together).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=min(STARTUP_TRIALS, max_trials), multivariate=True
+        )
     study = optuna.create_study(direction="maximize" if maximize else "minimize", sampler=sampler)
     study.enqueue_trial(default_point(space, defaults))
     runs = max_trials if space and budget_seconds > 0 else 1

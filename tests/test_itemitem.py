@@ -84,7 +84,9 @@ def test_item_knn_scores_are_profiles_times_the_neighbour_matrix() -> None:
     model.fit_direct(_feedback(dense))
     neighbours = np.zeros((dense.shape[1],) * 2)
     for i in range(dense.shape[1]):
-        np.add.at(neighbours[i], model.neighbour_items[i].numpy(), model.neighbour_weights[i].numpy())
+        np.add.at(
+            neighbours[i], model.neighbour_items[i].numpy(), model.neighbour_weights[i].numpy()
+        )
     scores = model.score_block(torch.arange(dense.shape[0])).double().numpy()
     np.testing.assert_allclose(scores, (dense > 0) @ neighbours, atol=1e-5)
 
@@ -198,7 +200,9 @@ def test_weight_column_is_summed_and_validated() -> None:
     data = interactions_from_frame(frame, "w.csv", ColumnsConfig(), DataConfig())
     assert sorted(data.frame["weight"].to_list()) == [1.0, 5.5]
     bad = frame.with_columns(pl.Series("weight", ["2", "-1", "1"]))
-    with pytest.raises(Exception, match=r"w.csv: column 'weight' row 2: expected a non-negative number"):
+    with pytest.raises(
+        Exception, match=r"w.csv: column 'weight' row 2: expected a non-negative number"
+    ):
         interactions_from_frame(bad, "w.csv", ColumnsConfig(), DataConfig())
 
 
@@ -255,6 +259,8 @@ def test_feedback_positions_count_back_from_each_users_latest() -> None:
         {"user_id": [1, 1, 1, 2], "item_id": [1, 2, 3, 1], "timestamp": [30, 10, 20, 5]}
     )
     fb = feedback(interactions_from_frame(frame, "t", ColumnsConfig(), DataConfig()))
-    by_item = dict(zip((fb.item_idx + 10 * fb.user_idx).tolist(), fb.position.tolist(), strict=True))
+    by_item = dict(
+        zip((fb.item_idx + 10 * fb.user_idx).tolist(), fb.position.tolist(), strict=True)
+    )
     assert by_item == {0: 0.0, 1: 2.0, 2: 1.0, 10: 0.0}
     assert fb.ordered

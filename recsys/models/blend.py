@@ -35,8 +35,9 @@ class Blend(Recommender):
 
         self._set_members(
             [
-                build_model(s["name"], num_users, num_items, model_args=s.get("model_args"),
-                            **s["hparams"])  # fmt: skip
+                build_model(
+                    s["name"], num_users, num_items, model_args=s.get("model_args"), **s["hparams"]
+                )  # fmt: skip
                 for s in members or []
             ]
         )

@@ -28,7 +28,7 @@ class EASE(ItemItemModel):
         "max_items": 30_000,
     }
     SEARCH_SPACE: ClassVar[dict[str, tuple]] = {
-        "reg": ("log", 1.0, 100_000.0),
+        "reg": ("log", 10.0, 10_000.0),
         **PROFILE_SEARCH,
     }
 

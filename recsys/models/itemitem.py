@@ -27,7 +27,7 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "half_life": 0.0,
     "recency": "position",
 }
-PROFILE_SEARCH: dict[str, tuple] = {"half_life": ("half_life", 1.0, 500.0)}
+PROFILE_SEARCH: dict[str, tuple] = {"half_life": ("half_life", 1.0, 200.0)}
 
 
 class ItemItemModel(Recommender):
