@@ -232,6 +232,8 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
     selection = f"{best} chosen by validation {check.metric}@{check.k} = {scores[best][0]:.4f}"
     if len(ranked) > 1:
         selection += f" (runner-up {ranked[1]}: {scores[ranked[1]][0]:.4f})"
+    if auto and tuning.blend and len(ranked) == 1:
+        log.info("blend: skipped, a blend needs two candidates and only %s was trained", best)
     if auto and tuning.blend and len(ranked) > 1:
         blend = best_blend([tuned[n] for n in ranked[:2]], check)
         if blend is not None:

@@ -72,6 +72,8 @@ def tune(
     best: Tuned | None = None
     trials: list[Trial] = []
 
+    stopped: list[BaseException] = []  # a setting error ends the search, and is raised after
+
     def objective(trial: optuna.Trial) -> float:
         nonlocal best
         params = {**given, **suggest(trial, space)}
@@ -80,6 +82,10 @@ def tune(
             model, value, epoch = run_trial(params)
         except TrainingError as exc:  # e.g. a diverging loss: only this point is bad
             log.info("%s: trial %s failed (%s)", name, _show(params), exc)
+            raise optuna.TrialPruned() from None
+        except BaseException as exc:  # Optuna would log it with a traceback: stop instead
+            stopped.append(exc)
+            trial.study.stop()
             raise optuna.TrialPruned() from None
         trials.append(Trial(params, value, epoch, time.monotonic() - began))
         log.debug("%s trial %d: %s -> %.4f", name, len(trials), _show(params), value)
@@ -98,6 +104,8 @@ def tune(
     study.enqueue_trial(default_point(space, defaults))
     runs = max_trials if space and budget_seconds > 0 else 1
     study.optimize(objective, n_trials=runs, timeout=max(budget_seconds, 1e-3), catch=())
+    if stopped:
+        raise stopped[0]
     if best is None:
         raise RecsysError(f"model '{name}': every tuning trial failed (see the run log)")
     best.trials, best.seconds = trials, time.monotonic() - started

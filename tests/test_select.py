@@ -81,7 +81,9 @@ def test_a_catalogue_too_large_for_ease_is_skipped_by_auto_and_refused_by_name(c
     assert "ease" not in comparison.tuned
     assert "candidate ease: skipped (ease needs a dense 80 x 80 matrix" in caplog.text
     config.model.name = "ease"
-    with pytest.raises(ConfigError, match=r"model 'ease': ease needs a dense 80 x 80 matrix .* max_items = 50"):
+    with pytest.raises(
+        ConfigError, match=r"model 'ease': ease needs a dense 80 x 80 matrix .* max_items = 50"
+    ):
         compare_candidates(dataset, config, CPU)
 
 
