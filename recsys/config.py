@@ -120,8 +120,8 @@ class TrainingConfig:
     seed: int = 42
     # "auto" = CUDA when present, else CPU.
     device: str = "auto"
-    # CPU threads for epoch-trained models (their small per-batch ops gain little from more);
-    # closed-form fits (ease, itemknn, ials) and scoring use every thread.
+    # CPU threads for training: small per-batch ops gain little from more, and OpenMP thread
+    # teams slow down badly (seen: 10x) when another process shares the cores. Scoring uses all.
     threads: int = 1
 
 

@@ -103,8 +103,7 @@ def fit(
     Without `valid`, train exactly `epochs` epochs (the refit on all data).
     """
     previous_threads = torch.get_num_threads()
-    if model.trainable:  # closed-form fits are large products and solves: every thread helps
-        torch.set_num_threads(max(1, settings.threads))
+    torch.set_num_threads(max(1, settings.threads))
     try:
         return _fit(model, train, valid, settings, epochs)
     finally:

@@ -23,8 +23,8 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     # How a pair's summed weight becomes confidence: none, log, bm25 or tfidf.
     "confidence": "none",
     # Profile weights halve every `half_life` positions (or days) back in a user's history;
-    # 0 = off. Used only when the data has time order.
-    "half_life": 0.0,
+    # 0 = off. Used only when the data has time order; tuning also tries it off.
+    "half_life": 20.0,
     "recency": "position",
 }
 PROFILE_SEARCH: dict[str, tuple] = {"half_life": ("half_life", 1.0, 200.0)}
