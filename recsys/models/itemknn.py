@@ -7,9 +7,10 @@ over the columns x of the confidence-weighted user x item matrix (confidence = b
 tfidf gives the weighted variants). Scores: X_w[U] @ S with S sparse (k per row).
 
 Neighbours are found a chunk of items at a time, so it scales to millions of items: each
-chunk's sparse products hold at most CHUNK_ENTRIES co-occurrences (about 40 bytes each).
-Memory: the neighbour lists, 8 bytes x neighbours x items (800 MB for 1M items and k = 100),
-plus two copies of the interaction matrix (12 bytes per interaction each) and one chunk.
+chunk's sparse products hold at most CHUNK_ENTRIES co-occurrences. Memory: the neighbour
+lists, 8 bytes x neighbours x items (800 MB for 1M items and k = 100), three copies of the
+interactions (about 12 bytes per interaction each: the matrix, its transpose, the profiles)
+and one chunk (CHUNK_ENTRIES x BYTES_PER_ENTRY, 256 MB); benchmarks/bench_itemknn.py checks it.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from recsys.models.itemitem import PROFILE_DEFAULTS, PROFILE_SEARCH, ItemItemMod
 
 log = logging.getLogger(__name__)
 
-# Co-occurrence entries per chunk of items (bounds the neighbour search's scratch memory).
-CHUNK_ENTRIES = 8_000_000
+# Co-occurrence entries per chunk of items: bounds the neighbour search's scratch memory at
+# about BYTES_PER_ENTRY each (the sparse product, its similarities and the per-row sort).
+CHUNK_ENTRIES = 4_000_000
+BYTES_PER_ENTRY = 64
 
 
 class ItemKNN(ItemItemModel):
@@ -86,7 +89,7 @@ def nearest_neighbours(
     num_items = matrix.shape[1]
     k = max(0, min(k, num_items - 1))
     by_item = matrix.T.tocsr()  # (I, U)
-    norms = np.sqrt(np.asarray(by_item.multiply(by_item).sum(axis=1)).ravel())  # (I,)
+    norms = np.sqrt(np.asarray(by_item.multiply(by_item).sum(axis=1)).ravel()).astype(np.float32)
     # Entries of item i's product row: at most the summed history lengths of its users.
     history = np.diff(matrix.indptr).astype(np.float64)
     cost = (by_item != 0).astype(np.float64) @ history  # (I,)
@@ -98,9 +101,9 @@ def nearest_neighbours(
     log.debug("itemknn: %d items, %d chunk(s) of neighbours", num_items, len(bounds) - 1)
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         product = (by_item[start:stop] @ matrix).tocsr()  # (C, I) dot products
-        rows = np.repeat(np.arange(stop - start), np.diff(product.indptr))
+        rows = np.repeat(np.arange(stop - start, dtype=np.int32), np.diff(product.indptr))
         cols = product.indices
-        sims = product.data / (norms[start + rows] * norms[cols] + shrink + 1e-12)
+        sims = product.data / (norms[start + rows] * norms[cols] + np.float32(shrink + 1e-12))
         sims[cols == start + rows] = -np.inf  # not its own neighbour
         order = np.lexsort((-sims, rows))  # by row, best first
         rank = np.arange(order.size) - product.indptr[rows[order]]
