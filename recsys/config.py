@@ -123,6 +123,8 @@ class TrainingConfig:
     # CPU threads for training: small per-batch ops gain little from more, and OpenMP thread
     # teams slow down badly (seen: 10x) when another process shares the cores. Scoring uses all.
     threads: int = 1
+    # Candidates tuned at the same time on CPU, each with `threads` threads; 0 = one per core.
+    candidate_workers: int = 0
 
 
 @dataclass
@@ -276,6 +278,7 @@ MINIMUMS: dict[str, float] = {
     "gate.max_metric_drop": 0.0,
     "model.tuning.budget_seconds": 0.0,
     "model.tuning.trials": 1,
+    "training.candidate_workers": 0,
 }
 
 

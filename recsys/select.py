@@ -8,7 +8,9 @@ seeded random share of each user's interactions (recsys.data.split.holdout_split
 from __future__ import annotations
 
 import logging
-import time
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,46 +179,45 @@ class Validation:
 
 def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -> Comparison:
     """Tune every candidate on the holdout within the tuning budget and rank them by the
-    selection metric; with `auto`, also try a blend of the best two."""
+    selection metric; with `auto`, also try a blend of the best two. Candidates are tuned
+    side by side, one per worker thread (see `candidate_workers`)."""
     names = candidate_names(config)
-    data = dataset.interactions
     check = Validation(dataset, config, device)
     settings = train_settings(config, device)
     tuning = config.model.tuning
-    deadline = time.monotonic() + tuning.budget_seconds
     auto = config.model.name == "auto"
-    metrics: list[Metric] = []
-    activity: list[ActivityMetric] = []
-    tuned: dict[str, Tuned] = {}
-    for position, name in enumerate(names):
-        reason = skip_reason(name, dataset, config)
-        if reason and auto:
-            log.info("candidate %s: skipped (%s)", name, reason)
-            continue
-        cls = selectable_class(name)
-        given = model_params(config, name)
-        unsuitable = cls.unsuitable(data.num_users, data.num_items, {**cls.DEFAULTS, **given})
-        if unsuitable:  # asked for by name: say why it cannot run
-            raise ConfigError(f"model '{name}': {unsuitable}")
-        share = max(0.0, deadline - time.monotonic()) / (len(names) - position)
-        log.info("candidate %s: tuning (up to %d trials in %.0fs)", name, tuning.trials, share)
+    runnable = [name for name in names if _runnable(name, dataset, config, auto)]
+    workers = candidate_workers(config, device, len(runnable))
+    searching = [n for n in runnable if _search_space(n, config)] or runnable
+    # Each worker's share of the budget goes to the candidates that have something to search.
+    share = tuning.budget_seconds * workers / len(searching) if tuning.budget_seconds > 0 else 0.0
 
-        def run_trial(params: dict[str, Any], name: str = name) -> tuple[Recommender, float, int]:
+    stop = threading.Event()  # set when one candidate fails: the others stop between trials
+
+    def run(name: str) -> tuple[Tuned, list[Metric], list[ActivityMetric]]:
+        torch.set_num_threads(max(1, settings.threads))  # this worker's own thread team
+        log.info("candidate %s: tuning (up to %d trials in %.0fs)", name, tuning.trials, share)
+        cls, given = selectable_class(name), model_params(config, name)
+
+        def run_trial(params: dict[str, Any]) -> tuple[Recommender, float, int]:
             model = new_model(name, dataset, config, params)
             result = fit(model, check.train, check.valid, settings)
             return model, check.value(model), result.best_epoch
 
         result = tune(name, given, {**cls.DEFAULTS, **given}, cls.SEARCH_SPACE, run_trial,
-                      share if tuning.budget_seconds > 0 else 0.0, tuning.trials,
-                      config.training.seed, check.maximize, check.train.has_time)  # fmt: skip
-        tuned[name] = result
+                      share, tuning.trials, config.training.seed, check.maximize,
+                      check.train.has_time, stop)  # fmt: skip
         rows, by_activity = check.evaluate(result.model)
-        metrics += rows + _tuning_rows(result)
-        activity += by_activity
         value = next((r.value for r in rows if r.metric == check.metric), None)
         log.info("candidate %s: %s@%d = %s after %d trial(s) in %.1fs (%s)", name, check.metric,
                  check.k, "n/a" if value is None else f"{value:.4f}", len(result.trials),
                  result.seconds, _show(result.model.params()))  # fmt: skip
+        return result, rows + _tuning_rows(result), by_activity
+
+    results = _in_workers(run, runnable, workers, stop)
+    metrics = [row for name in runnable for row in results[name][1]]
+    activity = [row for name in runnable for row in results[name][2]]
+    tuned = {name: results[name][0] for name in runnable}
     scores = {
         name: (value, tuned[name].best_epoch)
         for name in tuned
@@ -252,6 +253,58 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
             best = "blend"
     log.info(selection)
     return Comparison(metrics, scores, best, selection, activity, tuned, blend)
+
+
+def _runnable(name: str, dataset: Dataset, config: Config, auto: bool) -> bool:
+    """Whether candidate `name` is trained: `auto` skips (and logs) what cannot run on this
+    data; a model asked for by name that cannot run at this size is an error."""
+    reason = skip_reason(name, dataset, config)
+    if reason and auto:
+        log.info("candidate %s: skipped (%s)", name, reason)
+        return False
+    data, cls = dataset.interactions, selectable_class(name)
+    unsuitable = cls.unsuitable(data.num_users, data.num_items,
+                                {**cls.DEFAULTS, **model_params(config, name)})  # fmt: skip
+    if unsuitable:
+        raise ConfigError(f"model '{name}': {unsuitable}")
+    return True
+
+
+def _search_space(name: str, config: Config) -> dict[str, tuple]:
+    """What tuning searches for `name`: its space minus the settings the user fixed."""
+    given = model_params(config, name)
+    return {k: v for k, v in selectable_class(name).SEARCH_SPACE.items() if k not in given}
+
+
+def candidate_workers(config: Config, device: torch.device, num_candidates: int) -> int:
+    """Candidates tuned at once: one per CPU core the job may use (training.candidate_workers,
+    0 = every core), one on a GPU (they would share it), never more than there are."""
+    if device.type != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    wanted = config.training.candidate_workers or max(
+        1, (cores or 1) // max(1, config.training.threads)
+    )
+    return max(1, min(wanted, num_candidates))
+
+
+def _in_workers(run, names: list[str], workers: int, stop: threading.Event) -> dict:
+    """`run(name)` for every name, `workers` at a time. The first error (or an interrupt)
+    sets `stop`: running searches end after their current trial, queued candidates never
+    start, and the error is raised."""
+    if workers <= 1:
+        return {name: run(name) for name in names}
+    main_threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="candidate")
+    try:
+        futures = {name: pool.submit(run, name) for name in names}
+        return {name: future.result() for name, future in futures.items()}
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(main_threads)
 
 
 def best_blend(candidates: list[Tuned], check: Validation) -> Blend | None:

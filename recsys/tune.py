@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -64,9 +65,11 @@ def tune(
     seed: int,
     maximize: bool,
     ordered: bool,
+    stop: threading.Event | None = None,
 ) -> Tuned:
     """Search `space` (minus the keys in `given`) for the best validation value within
-    `budget_seconds` and `max_trials`; budget 0 runs the defaults only."""
+    `budget_seconds` and `max_trials`; budget 0 runs the defaults only. Once `stop` is set,
+    no further trial starts."""
     space = {k: v for k, v in space.items() if k not in given and (ordered or v[0] != "half_life")}
     started = time.monotonic()
     best: Tuned | None = None
@@ -76,6 +79,9 @@ def tune(
 
     def objective(trial: optuna.Trial) -> float:
         nonlocal best
+        if stop is not None and stop.is_set() and best is not None:
+            trial.study.stop()
+            raise optuna.TrialPruned()
         params = {**given, **suggest(trial, space)}
         began = time.monotonic()
         try:

@@ -143,3 +143,18 @@ def test_a_blend_is_kept_only_when_it_beats_both_members() -> None:
     blend = best_blend([a, b], check)
     assert blend is not None and check.value(blend) > max(a.value, b.value) + 0.2
     assert best_blend([a, dataclasses.replace(a, name="a2")], check) is None
+
+
+def test_candidates_tuned_side_by_side_give_the_sequential_results() -> None:
+    """Worker threads change only when candidates run, not what they find (budget 0: every
+    candidate's defaults, deterministic)."""
+    runs = {}
+    for workers in (1, 3):
+        config = _demo_config(budget_seconds=0.0, blend=False)
+        config.model.candidates = ["popularity", "ease", "itemknn", "ials"]
+        config.training.candidate_workers = workers
+        comparison = compare_candidates(load_dataset(config), config, CPU)
+        runs[workers] = {
+            (m.model, m.metric, m.k): m.value for m in comparison.metrics if "seconds" not in m.metric
+        }
+    assert runs[1] == runs[3]

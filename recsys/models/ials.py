@@ -32,8 +32,8 @@ class IALS(MF):
         **PROFILE_DEFAULTS,
         "dim": 128,
         "init_std": 0.01,
-        "reg": 1.0,
-        "alpha": 5.0,
+        "reg": 10.0,
+        "alpha": 1.0,
         "iterations": 15,
         "cg_steps": 3,
     }
