@@ -326,15 +326,16 @@ def best_blend(candidates: list[Tuned], check: Validation) -> Blend | None:
 
 def _tuning_rows(result: Tuned) -> list[Metric]:
     """A candidate's tuning record for the metrics table: trials, seconds (all trials and the
-    chosen one's fit) and every numeric hyper-parameter it was chosen with (param.NAME)."""
+    chosen one's fit) and each numeric hyper-parameter that was tuned or set (param.NAME)."""
     chosen = next((t for t in result.trials if t.params == result.params), None)
     rows = [
         Metric(result.name, "tuning_trials", None, float(len(result.trials))),
         Metric(result.name, "tuning_seconds", None, round(result.seconds, 3)),
         Metric(result.name, "train_seconds", None, round(chosen.seconds if chosen else 0.0, 3)),
     ]
+    searched = set(selectable_class(result.name).SEARCH_SPACE) | set(result.params)
     for key, value in sorted(result.model.params().items()):
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if key in searched and isinstance(value, int | float) and not isinstance(value, bool):
             rows.append(Metric(result.name, f"param.{key}", None, float(value)))
     return rows
 
