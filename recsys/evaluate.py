@@ -12,7 +12,8 @@ import torch
 from recsys import metrics
 from recsys.data.interactions import Interactions
 from recsys.models.base import Recommender
-from recsys.score import SeenMatrix, scorer_for, top_n
+from recsys.models.blend import standardise
+from recsys.score import BlockScorer, SeenMatrix, TopN, chunk_rows, scorer_for, top_n
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,39 @@ def evaluate_ranking(
     ).metrics
 
 
+class HeldOut:
+    """The users of a holdout with relevant items (sampled down to `max_users` when > 0), and
+    which of the keys a top-K list gives them are hits."""
+
+    def __init__(
+        self,
+        train: Interactions,
+        held_out: Interactions,
+        positive_threshold: float = 0.0,
+        max_users: int = 0,
+        seed: int = 0,
+    ) -> None:
+        relevant = held_out.positives(positive_threshold).frame.select("user_idx", "item_idx")
+        users = np.unique(relevant["user_idx"].to_numpy()).astype(np.int64)
+        if max_users and users.size > max_users:
+            users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+        self.users, self.num_items = users, train.num_items
+        self.indptr, indices = train.csr()
+        self.seen = SeenMatrix(self.indptr, indices)
+        self.keys = np.sort(
+            relevant["user_idx"].to_numpy().astype(np.int64) * train.num_items
+            + relevant["item_idx"].to_numpy()
+        )
+        self.counts = np.bincount(relevant["user_idx"].to_numpy(), minlength=train.num_users)
+
+    def hits(self, chunk: TopN) -> np.ndarray:
+        """(B, K) bool: which listed keys are relevant held-out items (False past counts)."""
+        keys = chunk.query_idx[:, None] * self.num_items + chunk.key_idx.astype(np.int64)
+        valid = np.arange(chunk.key_idx.shape[1])[None, :] < chunk.counts[:, None]
+        pos = np.searchsorted(self.keys, keys).clip(max=len(self.keys) - 1)
+        return (self.keys[pos] == keys) & valid
+
+
 def rank_held_out(
     model: Recommender,
     train: Interactions,
@@ -81,35 +115,64 @@ def rank_held_out(
     seed: int = 0,
 ) -> Ranking:
     """Top-K metrics, overall and by the length of each user's training history."""
-    relevant = held_out.positives(positive_threshold).frame.select("user_idx", "item_idx")
-    users = np.unique(relevant["user_idx"].to_numpy()).astype(np.int64)
-    if max_users and users.size > max_users:
-        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    if users.size == 0:
+    truth = HeldOut(train, held_out, positive_threshold, max_users, seed)
+    if truth.users.size == 0:
         return Ranking({name: 0.0 for name in metrics.RANKING_METRICS}, [])
-    indptr, indices = train.csr()
+    hits, picked, queried = [], [], []
     scorer = scorer_for(model, device)
-    hits, picked, num_relevant, queried = [], [], [], []
-    rel_keys = np.sort(
-        relevant["user_idx"].to_numpy().astype(np.int64) * train.num_items
-        + relevant["item_idx"].to_numpy()
-    )
-    counts = np.bincount(relevant["user_idx"].to_numpy(), minlength=train.num_users)
-    for chunk in top_n(scorer, k, SeenMatrix(indptr, indices), users, device, what="evaluating"):
-        keys = chunk.query_idx[:, None] * train.num_items + chunk.key_idx.astype(np.int64)
-        valid = np.arange(chunk.key_idx.shape[1])[None, :] < chunk.counts[:, None]
-        pos = np.searchsorted(rel_keys, keys).clip(max=len(rel_keys) - 1)
-        hits.append((rel_keys[pos] == keys) & valid)
-        picked.append(chunk.key_idx[valid])
-        num_relevant.append(counts[chunk.query_idx])
+    for chunk in top_n(scorer, k, truth.seen, truth.users, device, what="evaluating"):
+        hits.append(truth.hits(chunk))
+        picked.append(
+            chunk.key_idx[np.arange(chunk.key_idx.shape[1])[None, :] < chunk.counts[:, None]]
+        )
         queried.append(chunk.query_idx)
-    all_hits, all_relevant = np.concatenate(hits), np.concatenate(num_relevant)
+    all_hits, all_users = np.concatenate(hits), np.concatenate(queried)
+    all_relevant = truth.counts[all_users]
     result = metrics.ranking_metrics(all_hits, all_relevant, k)
     result["coverage"] = metrics.coverage(np.concatenate(picked), train.num_items)
-    all_users = np.concatenate(queried)
-    history = np.diff(indptr)[all_users]  # (U,) training interactions per user
+    history = np.diff(truth.indptr)[all_users]  # (U,) training interactions per user
     return Ranking(result, by_activity(model.name, all_hits, all_relevant, history, k),
                    all_users, metrics.ndcg_per_user(all_hits, all_relevant, k))  # fmt: skip
+
+
+def blend_ndcg(
+    members: list[Recommender],
+    weights: list[float],
+    truth: HeldOut,
+    k: int,
+    device: torch.device,
+) -> list[float]:
+    """NDCG@k of the blend of two members at each weight of the first (the second gets the
+    rest), scoring each member once per chunk of users rather than once per weight."""
+    scorers = [scorer_for(m, device) for m in members]
+    hits: list[list[np.ndarray]] = [[] for _ in weights]
+    relevant = []
+    step = chunk_rows(truth.num_items, device, 0, max(s.bytes_per_score for s in scorers) * 3)
+    for start in range(0, truth.users.size, step):
+        rows = truth.users[start : start + step]
+        index = torch.from_numpy(rows).to(device)
+        with torch.no_grad():
+            first, second = (standardise(s.score(index)) for s in scorers)  # (B, I) each
+        relevant.append(truth.counts[rows])
+        for i, weight in enumerate(weights):
+            blended = _Fixed(first * weight + second * (1.0 - weight), rows)
+            for chunk in top_n(blended, k, truth.seen, rows, device, budget_bytes=2**62):
+                hits[i].append(truth.hits(chunk))
+    num_relevant = np.concatenate(relevant)
+    return [metrics.ranking_metrics(np.concatenate(h), num_relevant, k)["ndcg"] for h in hits]
+
+
+class _Fixed(BlockScorer):
+    """Scores already computed for one block of queries, handed to `top_n` as its only chunk
+    (an unlimited budget keeps the block whole)."""
+
+    def __init__(self, scores: torch.Tensor, rows: np.ndarray) -> None:
+        self.scores, self.num_keys = scores, scores.shape[1]
+        self.num_queries = int(rows.max()) + 1 if len(rows) else 0
+
+    def score(self, rows: torch.Tensor) -> torch.Tensor:
+        assert len(rows) == self.scores.shape[0], "the block is scored as one chunk"
+        return self.scores
 
 
 def by_activity(

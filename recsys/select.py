@@ -26,7 +26,9 @@ from recsys.dataset import Dataset
 from recsys.errors import ConfigError, DataError
 from recsys.evaluate import (
     ActivityMetric,
+    HeldOut,
     Metric,
+    blend_ndcg,
     evaluate_all,
     evaluate_auc,
     evaluate_ratings,
@@ -309,17 +311,20 @@ def _in_workers(run, names: list[str], workers: int, stop: threading.Event) -> d
 
 def best_blend(candidates: list[Tuned], check: Validation) -> Blend | None:
     """The blend of two tuned candidates with the best weight on the holdout, when it beats
-    both of them there; else None."""
+    both of them there; else None. Ranking metrics sweep every weight in one pass."""
     members = [c.model for c in candidates]
-    best_value, best_weight = None, None
-    for weight in BLEND_WEIGHTS:
-        value = check.value(Blend.of(members, [float(weight), 1.0 - float(weight)]))
-        if best_value is None or check.better(value, best_value):
-            best_value, best_weight = value, float(weight)
-    beaten = [c.value for c in candidates]
-    if best_value is None or not all(check.better(best_value, v) for v in beaten):
+    weights = [float(w) for w in BLEND_WEIGHTS]
+    if check.metric == "ndcg":
+        truth = HeldOut(check.train, check.valid, check.threshold, TRIAL_MAX_USERS,
+                        check.config.training.seed)  # fmt: skip
+        values = blend_ndcg(members, weights, truth, check.k, check.device)
+    else:
+        values = [check.value(Blend.of(members, [w, 1.0 - w])) for w in weights]
+    best = max(range(len(weights)), key=lambda i: values[i] if check.maximize else -values[i])
+    best_value, best_weight = values[best], weights[best]
+    if not all(check.better(best_value, c.value) for c in candidates):
         log.info("blend of %s: no weight beats both on validation (best %.4f at %.1f)",
-                 " and ".join(c.name for c in candidates), best_value or 0.0, best_weight or 0.0)  # fmt: skip
+                 " and ".join(c.name for c in candidates), best_value, best_weight)  # fmt: skip
         return None
     return Blend.of(members, [best_weight, round(1.0 - best_weight, 2)])
 

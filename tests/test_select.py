@@ -16,6 +16,8 @@ from recsys.data.interactions import interactions_from_frame
 from recsys.data.split import holdout_split
 from recsys.dataset import load_dataset
 from recsys.errors import ConfigError
+from recsys.evaluate import HeldOut, blend_ndcg
+from recsys.models.blend import Blend
 from recsys.models import REGISTRY
 from recsys.select import Validation, best_blend, compare_candidates
 from recsys.tune import Tuned, tune
@@ -155,6 +157,21 @@ def test_candidates_tuned_side_by_side_give_the_sequential_results() -> None:
         config.training.candidate_workers = workers
         comparison = compare_candidates(load_dataset(config), config, CPU)
         runs[workers] = {
-            (m.model, m.metric, m.k): m.value for m in comparison.metrics if "seconds" not in m.metric
+            (m.model, m.metric, m.k): m.value
+            for m in comparison.metrics
+            if "seconds" not in m.metric
         }
     assert runs[1] == runs[3]
+
+
+def test_the_blend_weight_sweep_equals_scoring_each_blend() -> None:
+    config = _demo_config(budget_seconds=0.0, blend=False)
+    config.model.candidates = ["ease", "itemknn"]
+    comparison = compare_candidates(load_dataset(config), config, CPU)
+    check = Validation(load_dataset(config), config, CPU)
+    members = [comparison.tuned["ease"].model, comparison.tuned["itemknn"].model]
+    weights = [0.0, 0.3, 0.8]
+    swept = blend_ndcg(members, weights, HeldOut(check.train, check.valid), 10, CPU)
+    for weight, value in zip(weights, swept, strict=True):
+        blend = Blend.of(members, [weight, 1.0 - weight])
+        assert value == pytest.approx(check.value(blend), abs=1e-9)
