@@ -17,8 +17,8 @@ from recsys.data.split import holdout_split
 from recsys.dataset import load_dataset
 from recsys.errors import ConfigError
 from recsys.evaluate import HeldOut, blend_ndcg
-from recsys.models.blend import Blend
 from recsys.models import REGISTRY
+from recsys.models.blend import Blend
 from recsys.select import Validation, best_blend, compare_candidates
 from recsys.tune import Tuned, tune
 
