@@ -12,7 +12,7 @@ import torch
 from recsys import metrics
 from recsys.data.interactions import Interactions
 from recsys.models.base import Recommender
-from recsys.models.blend import standardise
+from recsys.models.blend import row_scales
 from recsys.score import BlockScorer, SeenMatrix, TopN, chunk_rows, scorer_for, top_n
 
 
@@ -152,11 +152,16 @@ def blend_ndcg(
         rows = truth.users[start : start + step]
         index = torch.from_numpy(rows).to(device)
         with torch.no_grad():
-            first, second = (standardise(s.score(index)) for s in scorers)  # (B, I) each
+            first, second = (s.score(index) for s in scorers)  # (B, I) each
+            (_, scale_first), (_, scale_second) = row_scales(first), row_scales(second)
+        blended = torch.empty_like(first)
         relevant.append(truth.counts[rows])
         for i, weight in enumerate(weights):
-            blended = _Fixed(first * weight + second * (1.0 - weight), rows)
-            for chunk in top_n(blended, k, truth.seen, rows, device, budget_bytes=2**62):
+            # the blend up to a constant per row (the means), which leaves each list as it is
+            torch.mul(first, scale_first * weight, out=blended)
+            blended.addcmul_(second, scale_second * (1.0 - weight))
+            for chunk in top_n(_Fixed(blended, rows), k, truth.seen, rows, device,
+                               budget_bytes=2**62):  # fmt: skip
                 hits[i].append(truth.hits(chunk))
     num_relevant = np.concatenate(relevant)
     return [metrics.ranking_metrics(np.concatenate(h), num_relevant, k)["ndcg"] for h in hits]

@@ -226,8 +226,8 @@ def test_blend_is_the_weighted_sum_of_standardised_member_scores() -> None:
     a, b = torch.randn(5, 8) * 10 + 3, torch.randn(5, 8) * 0.01
     blend = Blend.of([_Fixed(a), _Fixed(b)], [0.7, 0.3])
     rows = torch.tensor([0, 3])
-    expected = 0.7 * (a - a.mean(1, keepdim=True)) / a.std(1, keepdim=True)
-    expected += 0.3 * (b - b.mean(1, keepdim=True)) / b.std(1, keepdim=True)
+    expected = 0.7 * (a - a.mean(1, keepdim=True)) / a.std(1, keepdim=True, correction=0)
+    expected += 0.3 * (b - b.mean(1, keepdim=True)) / b.std(1, keepdim=True, correction=0)
     torch.testing.assert_close(blend.score_block(rows), expected[rows])
     torch.testing.assert_close(standardise(torch.ones(2, 3)), torch.zeros(2, 3))
     with pytest.raises(ConfigError, match="a blend needs at least two trained members"):
