@@ -97,14 +97,14 @@ def test_ials_conjugate_gradient_reaches_the_exact_least_squares_solution() -> N
     torch.manual_seed(0)
     dense = _matrix(num_users=12, num_items=9, density=0.4)
     u, i = np.nonzero(dense)
-    extra = torch.from_numpy(2.0 * dense[u, i]).double()
+    extra = torch.from_numpy(2.0 * dense[u, i]).double() - 1.0  # c = 2 x plays
     y = torch.randn(9, 4, dtype=torch.float64)
     x = torch.zeros(12, 4, dtype=torch.float64)
     entries = _Entries(torch.from_numpy(u), torch.from_numpy(i), extra, 12)
     _solve(x, y, entries, reg=0.5, steps=4)
     for user in range(12):
         c = np.ones(9)
-        c[dense[user] > 0] += 2.0 * dense[user][dense[user] > 0]
+        c[dense[user] > 0] = 2.0 * dense[user][dense[user] > 0]
         p = (dense[user] > 0).astype(np.float64)
         yn = y.numpy()
         exact = np.linalg.solve(yn.T @ (c[:, None] * yn) + 0.5 * np.eye(4), yn.T @ (c * p))

@@ -3,8 +3,9 @@ Volinsky, ICDM 2008), each half-step solved by conjugate gradient (Takacs, Pilas
 RecSys 2011), as implicit's AlternatingLeastSquares does.
 
 Every (user, item) pair is a preference p = 1 (observed) or 0 (not) with confidence
-c = 1 + alpha * w for observed pairs (w: the pair's confidence x recency weight, see
-recsys.models.weighting) and 1 for all others. With the item factors Y fixed, each user's
+c = alpha * w for observed pairs (w: the pair's confidence x recency weight, see
+recsys.models.weighting; implicit's convention, so alpha = 1 on plain binary data weighs every
+pair alike) and 1 for all others. Old interactions fade with recency: their c shrinks. With the item factors Y fixed, each user's
 vector solves (Y'Y + Y'(C_u - I)Y + reg I) x_u = Y' C_u p_u; Y'Y is shared, so a solve costs
 O(n_u d) per CG step. All users (then all items) at once in torch sparse ops: threads and
 GPU apply, and memory stays at the factors plus a few values per interaction.
@@ -54,7 +55,7 @@ class IALS(MF):
         weight = weighting.confidence(feedback, hp["confidence"]) * weighting.recency(
             feedback, float(hp["half_life"]), hp["recency"]
         )
-        extra = float(hp["alpha"]) * weight  # c - 1 on observed pairs
+        extra = float(hp["alpha"]) * weight - 1.0  # c - 1 on observed pairs (>= -1: PSD)
         device = self.user_emb.weight.device
         users, items = feedback.user_idx.to(device), feedback.item_idx.to(device)
         extra = extra.to(device)
