@@ -7,7 +7,7 @@ CONFIG ?= recsys.toml
 SIZES ?= 943x1682,100000x20000,200000x50000
 BENCH_ARGS ?=
 
-.PHONY: install nightly test lint format bench bench-shards quality report-screenshot clean
+.PHONY: install duckdb-cli nightly test lint format bench bench-shards quality report-screenshot clean
 
 install: $(BIN)/recsys
 
@@ -15,6 +15,10 @@ $(BIN)/recsys: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	PIP_CONSTRAINT=constraints.txt $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
+
+# The DuckDB command line (PyPI's duckdb-cli) as .venv/bin/duckdb, for the README's queries.
+duckdb-cli: install
+	$(BIN)/pip install --quiet --disable-pip-version-check duckdb-cli
 
 nightly: install
 	$(BIN)/recsys nightly --config $(CONFIG)
