@@ -3,8 +3,10 @@ one stderr line plus a sysexits exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -69,6 +71,9 @@ def handle_errors(f: Callable) -> Callable:
             log.debug("failed", exc_info=True)
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except BrokenPipeError:
+            stop_writing_stdout()
+            sys.exit(0)  # the reader (`| head`) has what it wanted: not an error
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
@@ -79,3 +84,12 @@ def handle_errors(f: Callable) -> Callable:
             sys.exit(EX_SOFTWARE)
 
     return wrapper
+
+
+def stop_writing_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not raise again on the
+    closed pipe (the Python docs' recipe for SIGPIPE)."""
+    with contextlib.suppress(OSError, ValueError):  # no file descriptor (tests' CliRunner)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

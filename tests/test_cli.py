@@ -203,3 +203,36 @@ def test_every_command_has_help() -> None:
     for path, command in walk(main):
         assert command.help, f"recsys {' '.join(path)} has no help text"
         assert CliRunner().invoke(main, [*path, "--help"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args", [["show", "user", "{user}"], ["show", "item", "{item}"], ["runs", "-v"]]
+)
+def test_output_into_a_closed_pipe_ends_quietly(two_runs, args) -> None:
+    """`recsys show user 1 | head -2`: once the reader has gone, exit 0 with nothing on stderr.
+    The read end is closed before the command writes, so every write meets a closed pipe."""
+    args = [a.format(user=two_runs.user_id, item=two_runs.item_id) for a in args]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([RECSYS, *args, "--database", str(two_runs.database)],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_output_piped_into_head_shell(two_runs) -> None:
+    """The issue's own pipeline, through a shell: exit status of recsys 0, first line shown."""
+    db = str(two_runs.database)
+    result = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$0" runs -v --database "$1" | head -1; '
+         '"$0" show user "$2" --database "$1" | head -2', RECSYS, db, str(two_runs.user_id)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].lstrip().startswith("run_id")
+    assert lines[1].startswith(f"user {two_runs.user_id}:")
