@@ -18,8 +18,18 @@ from jobs.show import show_group
 from jobs.train import train
 
 
+def print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from recsys.version import code_version  # runs git: only when asked
+
+    click.echo(f"recsys {code_version()}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="recsys")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version,
+              help="Show the version and git commit, and exit.")  # fmt: skip
 def main() -> None:
     """Nightly batch recommender: train, score every user against every item, publish top-N
     to DuckDB. Exit codes: 0 published, 2 usage, 65 bad data or failed gate, 66 missing

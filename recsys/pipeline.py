@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from recsys import __version__, faults, gate, logs, report, shard
+from recsys import faults, gate, logs, report, shard
 from recsys.checkpoint import TrainedModel, load_checkpoint
 from recsys.config import Config
 from recsys.data.interactions import Interactions
@@ -35,6 +35,7 @@ from recsys.recommend import (
 )
 from recsys.score import SeenMatrix, resolve_device, scoring_dtype
 from recsys.train import TrainSettings, fit
+from recsys.version import code_version
 from recsys.warehouse import StagedDatabase, Warehouse, duckdb_type
 
 log = logging.getLogger(__name__)
@@ -343,7 +344,7 @@ def run_row(
         "num_items": len(trained.items),
         "num_interactions": trained.num_interactions,
         "num_rows": num_rows,
-        "code_version": __version__,
+        "code_version": code_version(),
         "seed": trained.seed,
         "message": message,
         "timings": json.dumps(timings),
@@ -465,7 +466,7 @@ def run_job(
     with warehouse.lock(run_id) as run_id, logs.run_log(log_dir / f"{run_id}.log", run_id):
         started_at = now_iso()
         warehouse.ledger.append(run_id, status="running", started_at=started_at, seed=config.training.seed,
-                                code_version=__version__)  # fmt: skip
+                                code_version=code_version())  # fmt: skip
         timer = Timer()
         trained = None
         try:

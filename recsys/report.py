@@ -24,10 +24,10 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from recsys import __version__
 from recsys.config import OutputConfig
 from recsys.errors import NotFoundError
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
+from recsys.version import code_version
 from recsys.warehouse import QUERIES_DIR, has_table, open_read_only
 
 log = logging.getLogger(__name__)
@@ -807,7 +807,7 @@ def render_html(data: ReportData) -> str:
         _history_section(data),
         _recommended_section(data),
         _activity_section(data, choice),
-        f"<footer>Written by <code>recsys report</code> {_e(__version__)} from "
+        f"<footer>Written by <code>recsys report</code> {_e(code_version())} from "
         f"<code>{_e(data.database)}</code> at {_e(_when(datetime.now(UTC)))}. Every number is "
         "read from the published tables (runs, metrics, metrics_by_activity, recommendations, "
         "items).</footer>",
