@@ -38,6 +38,33 @@ def database_option(f: Callable) -> Callable:
                         help="Served DuckDB file (default: output.database).")(f)  # fmt: skip
 
 
+class ModelChoice(click.Choice):
+    """The registered model names and `auto`, read from recsys.models.REGISTRY only when Click
+    needs them (a --model given, --help): the registry imports torch, which commands that never
+    see --model must not wait for."""
+
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        from recsys.models import REGISTRY
+
+        return (*sorted(REGISTRY), "auto")
+
+    @choices.setter
+    def choices(self, value: tuple[str, ...]) -> None:
+        pass  # always the registry's
+
+
+def model_option(help: str) -> Callable[[Callable], Callable]:
+    def decorate(f: Callable) -> Callable:
+        return click.option("--model", type=ModelChoice(), default=None, show_choices=True,
+                            help=help)(f)  # fmt: skip
+
+    return decorate
+
+
 def build_config(config_path: str | None, overrides: dict[str, Any]) -> Config:
     """File (or ./recsys.toml), then RECSYS_* variables, then CLI `overrides` ("section.key")."""
     path = (

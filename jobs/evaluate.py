@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from jobs.common import build_config, config_option, handle_errors
+from jobs.common import build_config, config_option, handle_errors, model_option
 
 
 @click.command()
@@ -14,7 +14,7 @@ from jobs.common import build_config, config_option, handle_errors
     default=None,
     help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
 )
-@click.option("--model", default=None, help="A model name, or auto for all candidates.")
+@model_option("A model, or auto for all the candidates.")
 @click.option(
     "--k", "k", type=click.IntRange(min=1), default=None, help="Cut-off for top-N metrics."
 )

@@ -9,6 +9,7 @@ from jobs.common import (
     config_option,
     database_option,
     handle_errors,
+    model_option,
     refuse_if_running,
 )
 
@@ -21,11 +22,7 @@ from jobs.common import (
     help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
 )
 @database_option
-@click.option(
-    "--model",
-    default=None,
-    help="A model name, or auto to train the candidates and serve the best.",
-)
+@model_option("A model, or auto to train the candidates and serve the best.")
 @click.option("--top-n", type=click.IntRange(min=1), default=None, help="Items per user.")
 @click.option(
     "--seed", type=int, default=None, help="Seed for splits, initialisation and sampling."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from jobs.common import build_config, config_option, handle_errors
+from jobs.common import build_config, config_option, handle_errors, model_option
 
 
 @click.command()
@@ -14,7 +14,7 @@ from jobs.common import build_config, config_option, handle_errors
     default=None,
     help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
 )
-@click.option("--model", default=None, help="A model name, or auto.")
+@model_option("A model, or auto to train the candidates and keep the best.")
 @click.option("--seed", type=int, default=None)
 @click.option("--out", "out", type=click.Path(dir_okay=False), default="model.pt", show_default=True,
               help="Checkpoint file to write.")  # fmt: skip

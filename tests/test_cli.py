@@ -174,23 +174,28 @@ def test_unknown_config_key_is_one_line(tmp_path: Path) -> None:
     )
 
 
-def test_unknown_model_name(tmp_path: Path, fast_config: Path) -> None:
-    result = run_cli(
-        "nightly",
-        "--config",
-        str(fast_config),
-        "--database",
-        str(tmp_path / "x.duckdb"),
-        "--model",
-        "svdpp",
+@pytest.mark.parametrize("command", ["nightly", "train", "evaluate"])
+def test_unknown_model_is_a_usage_error_before_anything_loads(
+    tmp_path: Path, fast_config: Path, command: str
+) -> None:
+    args = [command, "--config", str(fast_config), "--model", "svdpp"]
+    if command == "nightly":
+        args += ["--database", str(tmp_path / "wh" / "x.duckdb")]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "Error: Invalid value for '--model': 'svdpp' is not one of 'bpr', "
     )
-    assert result.returncode == 65
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith("error: unknown model 'svdpp' (expected one of:")
-    )
-    assert not (tmp_path / "x.duckdb").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recsys.toml"]  # no ledger, no log
+
+
+@pytest.mark.parametrize("command", ["nightly", "train", "evaluate"])
+def test_help_lists_every_registered_model(command: str) -> None:
+    from recsys.models import REGISTRY
+
+    result = CliRunner().invoke(main, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert f"--model [{'|'.join([*sorted(REGISTRY), 'auto'])}]" in result.output
 
 
 def test_every_command_has_help() -> None:
