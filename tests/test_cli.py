@@ -183,9 +183,8 @@ def test_unknown_model_is_a_usage_error_before_anything_loads(
         args += ["--database", str(tmp_path / "wh" / "x.duckdb")]
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "Error: Invalid value for '--model': 'svdpp' is not one of 'bpr', "
-    )
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: Invalid value for '--model': 'svdpp' is not one of 'bpr', ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recsys.toml"]  # no ledger, no log
 
 
