@@ -9,18 +9,20 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from recsys import lock, logs
+from recsys import lock, logs, progress
 from recsys.config import Config, load_config, set_option
 from recsys.errors import EX_SOFTWARE, RecsysError
 
 log = logging.getLogger("recsys.jobs")
 DEFAULT_CONFIG = Path("recsys.toml")
+# Where the `recsys` group leaves the stderr log level (-v, -q, --log-level) for its commands.
+LOG_LEVEL = "recsys.log_level"
 
 
 def config_option(f: Callable) -> Callable:
@@ -84,12 +86,28 @@ def refuse_if_running(config: Config) -> None:
     lock.probe(lock.lock_path(config.output.database))
 
 
+@contextlib.contextmanager
+def job_progress(config: Config, what: str) -> Iterator[None]:
+    """A first log line at once, then a progress line every output.progress_seconds while
+    `what` runs, so that a cron log never stays silent for long."""
+    from recsys.version import code_version
+
+    log.info("%s: starting (recsys %s)", what, code_version())
+    with progress.heartbeat(config.output.progress_seconds):
+        yield
+
+
+def stderr_level() -> int:
+    ctx = click.get_current_context(silent=True)
+    return logging.getLevelName(ctx.meta.get(LOG_LEVEL, "INFO") if ctx else "INFO")
+
+
 def handle_errors(f: Callable) -> Callable:
     """Library errors -> `error: <one line>` on stderr and their exit code; no traceback."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        logs.configure()
+        logs.configure(stderr_level())
         try:
             return f(*args, **kwargs)
         except click.ClickException:

@@ -9,6 +9,7 @@ from jobs.common import (
     config_option,
     database_option,
     handle_errors,
+    job_progress,
     model_option,
     refuse_if_running,
 )
@@ -35,9 +36,10 @@ def nightly(config_path, interactions, database, model, top_n, seed) -> None:
         "scoring.top_n": top_n, "training.seed": seed,
     })  # fmt: skip
     refuse_if_running(config)
-    from recsys.pipeline import nightly as run_nightly  # imports torch: after the lock check
+    with job_progress(config, "nightly"):
+        from recsys.pipeline import nightly as run_nightly  # imports torch: after the lock check
 
-    summary = run_nightly(config)
+        summary = run_nightly(config)
     click.echo(
         f"published run {summary.run_id}: {summary.model}, {summary.num_users} users x "
         f"{summary.num_items} items, {summary.num_rows} recommendations, "

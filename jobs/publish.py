@@ -11,6 +11,7 @@ from jobs.common import (
     config_option,
     database_option,
     handle_errors,
+    job_progress,
     refuse_if_running,
 )
 
@@ -29,10 +30,13 @@ def publish(parts, checkpoint, config_path, database) -> None:
     part publishes nothing: exit 65, naming the rank."""
     config = build_config(config_path, {"output.database": database})
     refuse_if_running(config)
-    from recsys.pipeline import publish_parts  # imports torch: after the lock check
+    with job_progress(config, "publish"):
+        from recsys.pipeline import publish_parts  # imports torch: after the lock check
 
-    summary = publish_parts(config, Path(checkpoint), Path(parts))
+        summary = publish_parts(config, Path(checkpoint), Path(parts))
     click.echo(
         f"published run {summary.run_id}: {summary.model}, {summary.num_rows} recommendations, "
         f"{summary.num_similar_rows} similar-item rows from {parts} -> {summary.database}"
     )
+    if summary.report:
+        click.echo(f"report: {summary.report}")

@@ -12,6 +12,7 @@ from jobs.common import (
     config_option,
     database_option,
     handle_errors,
+    job_progress,
     refuse_if_running,
 )
 
@@ -61,13 +62,16 @@ def score(checkpoint, config_path, database, top_n, parts, shard) -> None:
         if shard is not None:
             raise click.UsageError("--shard needs --parts DIR (the folder the shards write to)")
         refuse_if_running(config)
-        # These import torch: after the lock check, so an overlapping run exits 75 at once.
-        from recsys.pipeline import checkpoint_loader, run_job
+        with job_progress(config, "score"):
+            # These import torch: after the lock check, so an overlapping run exits 75 at once.
+            from recsys.pipeline import checkpoint_loader, run_job
 
-        summary = run_job(config, checkpoint_loader(Path(checkpoint)))
+            summary = run_job(config, checkpoint_loader(Path(checkpoint)))
         click.echo(
             f"published run {summary.run_id}: {summary.model}, {summary.num_rows} recommendations -> {summary.database}"
         )
+        if summary.report:
+            click.echo(f"report: {summary.report}")
         return
     if shard is not None:
         if distributed.launched():
@@ -75,9 +79,10 @@ def score(checkpoint, config_path, database, top_n, parts, shard) -> None:
                 "--shard is for plain processes; under torchrun each rank takes its shard from "
                 "RANK and WORLD_SIZE (leave --shard out)"
             )
-        from recsys.pipeline import score_shard
+        with job_progress(config, f"score shard {shard[0]}/{shard[1]}"):
+            from recsys.pipeline import score_shard
 
-        manifest = score_shard(config, Path(checkpoint), Path(parts), *shard)
+            manifest = score_shard(config, Path(checkpoint), Path(parts), *shard)
         click.echo(_wrote(manifest, parts))
         click.echo(
             f"when all {shard[1]} shards are done: recsys publish --parts {parts} "
@@ -86,10 +91,11 @@ def score(checkpoint, config_path, database, top_n, parts, shard) -> None:
         return
     if distributed.launched_rank() == 0:
         refuse_if_running(config)  # rank 0 holds the run; the other ranks never take the lock
-    from recsys.pipeline import score_parts
+    with job_progress(config, "score"):
+        from recsys.pipeline import score_parts
 
-    with distributed.join(config.scoring.device) as group:
-        summary = score_parts(config, Path(checkpoint), Path(parts), group)
+        with distributed.join(config.scoring.device) as group:
+            summary = score_parts(config, Path(checkpoint), Path(parts), group)
     if summary is None:
         click.echo(f"rank {group.rank} of {group.world_size}: parts written to {parts}; rank 0 publishes")  # fmt: skip
         return
@@ -97,6 +103,8 @@ def score(checkpoint, config_path, database, top_n, parts, shard) -> None:
         f"published run {summary.run_id}: {summary.model}, {summary.num_rows} recommendations "
         f"from {group.world_size} part(s) in {parts} -> {summary.database}"
     )
+    if summary.report:
+        click.echo(f"report: {summary.report}")
 
 
 def _wrote(manifest: dict, parts: str) -> str:

@@ -120,7 +120,11 @@ class OutputConfig:
     keep_archives: int = 5
     # Free disk needed before writing, as a multiple of the served file's size.
     free_space_factor: float = 2.0
+    # Each run's full log (DEBUG lines, tracebacks) as <log_dir>/<run_id>.log; "" = <dir>/logs.
     log_dir: str = ""
+    # Off a terminal (cron), a progress line at this interval in seconds through the whole
+    # job (phase, step, rate, ETA); 0 = none. On a terminal a bar shows progress instead.
+    progress_seconds: float = 15.0
     # Latest interactions per user published in user_history ("because you liked/watched"
     # look-ups); 0 = all of them.
     history_n: int = 0
@@ -232,6 +236,7 @@ MINIMUMS: dict[str, float] = {
     "output.keep_archives": 0,
     "output.free_space_factor": 0.0,
     "output.keep_reports": 0,
+    "output.progress_seconds": 0.0,
     "gate.max_row_ratio": 1.0,
     "gate.max_metric_drop": 0.0,
 }

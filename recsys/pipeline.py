@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from recsys import faults, gate, logs, report, shard
+from recsys import faults, gate, logs, progress, report, shard
 from recsys.checkpoint import TrainedModel, load_checkpoint
 from recsys.config import Config
 from recsys.data.interactions import Interactions
@@ -64,6 +64,7 @@ class Timer:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         start = time.monotonic()
+        progress.set_phase(name)
         try:
             yield
         finally:
@@ -147,11 +148,14 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
     all_metrics: list[Metric] = []
     all_activity: list[ActivityMetric] = []
     scores: dict[str, tuple[float, int]] = {}
-    for name in names:
+    for number, name in enumerate(names, 1):
         model = new_model(name, dataset, config)
         if model.hparams.get("loss") in ("mse", "logloss") and not data.has_ratings:
             log.info("skipping %s: it needs ratings and %s has none", name, data.source)
             continue
+        progress.set_step(f"candidate {name} ({number}/{len(names)})")
+        log.info("candidate %s (%d/%d): training on %d interactions, validating on %d",
+                 name, number, len(names), len(train), len(valid))  # fmt: skip
         result = fit(model, train, valid, settings)
         evaluation = evaluate_all(model, train, valid, k, device, config.data.positive_threshold,
                                   (config.data.min_rating, config.data.max_rating))  # fmt: skip
@@ -203,8 +207,12 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
     comparison = compare_candidates(dataset, config, device)
     model = new_model(comparison.best, dataset, config)
     settings = train_settings(config, device)
+    progress.set_step(f"refit {comparison.best}")
     if config.model.refit:
-        fit(model, data, None, settings, epochs=max(comparison.scores[comparison.best][1], 1))
+        epochs = max(comparison.scores[comparison.best][1], 1)
+        log.info("refit %s on all %d interactions %s", comparison.best, len(data),
+                 f"for {epochs} epoch(s)" if model.trainable else "(closed form)")  # fmt: skip
+        result = fit(model, data, None, settings, epochs=epochs)
         seen = data
     else:
         train, valid = temporal_split(
@@ -213,8 +221,11 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
             config.training.seed,
             config.data.min_user_interactions,
         )
-        fit(model, train, valid, settings)
+        log.info("model.refit is off: training %s again on the split", comparison.best)
+        result = fit(model, train, valid, settings)
         seen = train
+    log.info("%s %s: done in %.1fs", "refit" if config.model.refit else "training",
+             comparison.best, result.seconds)  # fmt: skip
     indptr, indices = seen.csr()
     return TrainedModel(
         model=model,
@@ -507,6 +518,7 @@ def run_job(
             },
         )
         if config.output.report:  # published already: a failed report is only a warning
+            progress.set_phase("report")
             summary.report = report.publish_report(config.output, warehouse.served, run_id)
         return summary
 

@@ -406,7 +406,7 @@ def publish_report(output: OutputConfig, served: Path, run_id: str) -> str:
                     folder, type(exc).__name__, reason)  # fmt: skip
         log.debug("run report failed", exc_info=True)
         return ""
-    log.info("run report: %s", path)
+    log.debug("run report: %s", path)  # the job prints it
     return str(path)
 
 
