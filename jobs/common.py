@@ -67,6 +67,22 @@ def model_option(help: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
+def _reason(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    if value is not None and not value.strip():
+        raise click.BadParameter("give the reason, e.g. --force-publish 'catalogue doubled'")
+    return (value or "").strip()
+
+
+def force_publish_option(f: Callable) -> Callable:
+    return click.option(
+        "--force-publish", metavar="REASON", default=None, callback=_reason,
+        help="Publish even when the quality gate's comparison with the last published run "
+             "(row count, validation metric) refuses it, for a change you made on purpose; "
+             "REASON goes into the ledger, runs.force_publish and the report. A run whose own "
+             "rows are broken (empty, NULL keys, bad ranks, NaN scores) is refused all the same.",
+    )(f)  # fmt: skip
+
+
 def build_config(config_path: str | None, overrides: dict[str, Any]) -> Config:
     """File (or ./recsys.toml), then RECSYS_* variables, then CLI `overrides` ("section.key")."""
     path = (

@@ -690,6 +690,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.winner td { font-weight: 600; background: #eff6ff; }
 table.kv th { color: #6b7280; font-weight: normal; width: 34%; }
 .note { color: #6b7280; font-size: 13px; }
+.forced { background: #fef3c7; color: #92400e; border-radius: 8px; padding: 8px 12px; }
 .lead { font-size: 15px; margin: 0 0 10px; }
 code { font-size: 12px; background: #f3f4f6; padding: 0 3px; border-radius: 3px; }
 footer { color: #6b7280; font-size: 12px; margin-top: 18px; }
@@ -800,6 +801,11 @@ def render_html(data: ReportData) -> str:
         _kpis(data, choice, timings),
         "</header>",
     ]
+    if run.get("force_publish"):
+        parts.append(
+            f'<p class="forced">Published past the quality gate with <code>--force-publish</code>: '
+            f"{_e(run['force_publish'])}. What the gate found is in the run's message below.</p>"
+        )
     parts += [f'<p class="note">{_e(note)}</p>' for note in data.notes]
     parts += [
         _run_section(data, timings),
@@ -859,6 +865,7 @@ def _run_section(data: ReportData, timings: dict[str, float]) -> str:
     rows = [
         ("status", f"{status} ({exit_status})" if exit_status else status),
         ("message", run.get("message")),
+        *([("forced past the gate", run["force_publish"])] if run.get("force_publish") else []),
         ("source", run.get("source")),
         ("users × items", f"{_num(users)} × {_num(items)}"),
         ("interactions", _num(interactions)),
