@@ -92,7 +92,8 @@ def build_config(config_path: str | None, overrides: dict[str, Any]) -> Config:
     for dotted, value in overrides.items():
         if value is not None:
             section, key = dotted.split(".")
-            set_option(config, section, key, value, origin=f"option for {section}.{key}")
+            set_option(config, section, key, value, origin=f"option for {section}.{key}",
+                       source="option")  # fmt: skip
     return config
 
 
