@@ -147,3 +147,13 @@ def test_config_show_origin_flags_a_parameter_no_model_has(tmp_path: Path) -> No
         "0.1",
         f"file {path}; unknown to bpr: a run refuses it",
     )
+
+
+def test_shipped_config_lists_every_key_with_its_default() -> None:
+    """recsys.toml is the reference: exactly the sections and keys the config knows, each set
+    to its default value (a key added to the code must be added there, and vice versa)."""
+    import tomllib
+
+    with (Path(__file__).resolve().parent.parent / "recsys.toml").open("rb") as fh:
+        shipped = tomllib.load(fh)
+    assert shipped == Config().to_dict()
