@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -17,12 +16,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import duckdb
+import matplotlib.image
 import polars as pl
 import pytest
 
 from recsys import report
 from recsys.config import OutputConfig
 from recsys.warehouse import open_read_only
+from scripts import report_screenshot
 from tests.conftest import TwoRuns, read_table, run_cli
 
 SECTIONS = ("run", "model-choice", "history", "recommended", "activity")
@@ -255,30 +256,34 @@ print("no torch")
 
 
 def test_report_screenshot_in_a_headless_browser(two_runs: TwoRuns, tmp_path: Path) -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    """`make report-screenshot`: the whole page, however tall, from its top to its footer."""
+    browser = report_screenshot.find_browser()
     if browser is None:
         pytest.skip("no chromium on PATH: the headless-browser screenshot needs one")
     shot = tmp_path / "report.png"
     latest = two_runs.database.parent / "report-latest.html"
-    screenshot(browser, latest, shot, (1280, 2400))
-    header = shot.read_bytes()[:24]
+    height = report_screenshot.full_page(browser, latest, shot, width=1280, tallest=12000)
+    width, png_height = png_size(shot)
+    assert (width, png_height) == (1280, height)
+    assert 2400 < height < 12000  # taller than the old fixed window; trimmed below the footer
+    pixels = matplotlib.image.imread(shot)
+    assert report_screenshot.content_height(pixels) == height - report_screenshot.MARGIN
+    assert shot.stat().st_size > 50_000  # drawn, not a blank page
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", header[16:24])
-    assert (width, height) == (1280, 2400)
-    assert shot.stat().st_size > 20_000  # drawn, not a blank page
+    return struct.unpack(">II", header[16:24])
 
 
-def screenshot(browser: str, page: Path, out: Path, size: tuple[int, int]) -> None:
-    """A screenshot of `page` taken offline (no network, no first-run or sync traffic)."""
-    profile = out.parent / "chromium-profile"
-    result = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={out}",
-         f"--window-size={size[0]},{size[1]}", page.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0 and out.exists(), result.stderr[-2000:]
+def test_readme_screenshot_is_the_whole_report() -> None:
+    """docs/report.png is not cut at a window edge: it ends in blank page below the footer."""
+    shot = Path(__file__).resolve().parent.parent / "docs" / "report.png"
+    width, height = png_size(shot)
+    pixels = matplotlib.image.imread(shot)
+    assert width == 1280
+    assert report_screenshot.content_height(pixels) == height - report_screenshot.MARGIN
 
 
 # -------------------------------------------------------------------------- in process
