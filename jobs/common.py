@@ -109,7 +109,7 @@ def job_progress(config: Config, what: str) -> Iterator[None]:
     `what` runs, so that a cron log never stays silent for long."""
     from recsys.version import code_version
 
-    log.info("%s: starting (recsys %s)", what, code_version())
+    log.info("%s: starting, recsys %s", what, code_version())
     with progress.heartbeat(config.output.progress_seconds):
         yield
 

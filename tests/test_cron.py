@@ -36,16 +36,22 @@ def test_nightly_through_cat_is_never_silent_for_long(tmp_path: Path, fast_confi
     lines = [line for _, line in arrivals]
     text = "\n".join(lines)
 
-    # Lines keep coming: the heartbeat, at the interval, from the first line to the end.
-    times = [started, *(at for at, _ in arrivals), ended]
-    gaps = [b - a for a, b in zip(times[1:], times[2:], strict=False)]
-    assert arrivals[0][0] - started < 15, "the first line came late"
-    assert max(gaps) < INTERVAL + 2.5, (max(gaps), text)
+    # Lines keep coming: the heartbeat, at the interval, from the first line to the last (the
+    # slack is for a loaded machine); after the last line only the interpreter's exit, which
+    # unloading torch makes take seconds.
+    times = [at for at, _ in arrivals]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    worst = max(range(len(gaps)), key=gaps.__getitem__)
+    assert times[0] - started < 15, "the first line came late"
+    assert gaps[worst] < INTERVAL + 4, (gaps[worst], lines[worst : worst + 2])
+    assert ended - times[-1] < 30, "exiting took longer than the 30 s bar"
     beats = [line for line in lines if " recsys.progress: progress: " in line]
     assert len(beats) >= 0.5 * (ended - arrivals[0][0]) / INTERVAL, text
     assert any(re.search(r"progress: train for \d+s; candidate \w+ \(\d/2\)", b) for b in beats)
 
-    # One line when each candidate starts and ends (metric, seconds), and for the refit.
+    # A first line at once, naming the version; then one when each candidate starts and ends
+    # (metric, seconds), and for the refit.
+    assert re.search(r" recsys\.jobs: nightly: starting, recsys \d+\.\d+\.\d+ \(commit ", lines[0])
     for number, name in enumerate(["mf_bias", "bpr"], 1):
         assert re.search(rf"candidate {name} \({number}/2\): training on \d+ interactions", text)
         assert re.search(rf"candidate {name}: ndcg@10 = 0\.\d{{4}} \(best epoch \d+, [\d.]+s\)",
