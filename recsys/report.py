@@ -667,10 +667,13 @@ def activity_chart(activity: pl.DataFrame, winner: str) -> str:
     for j, model in enumerate(models):
         xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(names))]
         means = [values.get((model, b), 0.0) for b in names]
-        # The widest standard error a mean of n scores in [0, 1] can have: m(1 - m) / n.
+        # The widest standard error a mean of n scores in [0, 1] can have: m(1 - m) / n; the
+        # whiskers stop at 0 and 1, where NDCG does.
         spread = [1.96 * math.sqrt(max(m * (1 - m), 0.0) / max(users[b], 1))
                   for m, b in zip(means, names, strict=True)]  # fmt: skip
-        bars = ax.bar(xs, means, width, color=colors[model], yerr=spread,
+        whiskers = [[min(d, m) for d, m in zip(spread, means, strict=True)],
+                    [min(d, 1 - m) for d, m in zip(spread, means, strict=True)]]  # fmt: skip
+        bars = ax.bar(xs, means, width, color=colors[model], yerr=whiskers,
                       error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#374151"},
                       label=model + (" (chosen)" if model == winner else ""))  # fmt: skip
         for bar, bucket in zip(bars, names, strict=True):
