@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from recsys import __version__, faults, gate, logs, report, shard
+from recsys import faults, gate, logs, progress, report, shard
 from recsys.checkpoint import TrainedModel, load_checkpoint
 from recsys.config import Config
 from recsys.data.interactions import Interactions
@@ -35,7 +35,8 @@ from recsys.recommend import (
 )
 from recsys.score import SeenMatrix, resolve_device, scoring_dtype
 from recsys.train import TrainSettings, fit
-from recsys.warehouse import StagedDatabase, Warehouse, duckdb_type
+from recsys.version import code_version
+from recsys.warehouse import Published, StagedDatabase, Warehouse, duckdb_type
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class RunSummary:
     selection: str
     timings: dict[str, float] = field(default_factory=dict)
     report: str = ""  # the run report's path, "" when none was written
+    forced: str = ""  # what --force-publish overrode, for the run's message ("" when not given)
 
 
 class Timer:
@@ -63,6 +65,7 @@ class Timer:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         start = time.monotonic()
+        progress.set_phase(name)
         try:
             yield
         finally:
@@ -146,11 +149,14 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
     all_metrics: list[Metric] = []
     all_activity: list[ActivityMetric] = []
     scores: dict[str, tuple[float, int]] = {}
-    for name in names:
+    for number, name in enumerate(names, 1):
         model = new_model(name, dataset, config)
         if model.hparams.get("loss") in ("mse", "logloss") and not data.has_ratings:
             log.info("skipping %s: it needs ratings and %s has none", name, data.source)
             continue
+        progress.set_step(f"candidate {name} ({number}/{len(names)})")
+        log.info("candidate %s (%d/%d): training on %d interactions, validating on %d",
+                 name, number, len(names), len(train), len(valid))  # fmt: skip
         result = fit(model, train, valid, settings)
         evaluation = evaluate_all(model, train, valid, k, device, config.data.positive_threshold,
                                   (config.data.min_rating, config.data.max_rating))  # fmt: skip
@@ -202,8 +208,12 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
     comparison = compare_candidates(dataset, config, device)
     model = new_model(comparison.best, dataset, config)
     settings = train_settings(config, device)
+    progress.set_step(f"refit {comparison.best}")
     if config.model.refit:
-        fit(model, data, None, settings, epochs=max(comparison.scores[comparison.best][1], 1))
+        epochs = max(comparison.scores[comparison.best][1], 1)
+        log.info("refit %s on all %d interactions %s", comparison.best, len(data),
+                 f"for {epochs} epoch(s)" if model.trainable else "(closed form)")  # fmt: skip
+        result = fit(model, data, None, settings, epochs=epochs)
         seen = data
     else:
         train, valid = temporal_split(
@@ -212,8 +222,11 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
             config.training.seed,
             config.data.min_user_interactions,
         )
-        fit(model, train, valid, settings)
+        log.info("model.refit is off: training %s again on the split", comparison.best)
+        result = fit(model, train, valid, settings)
         seen = train
+    log.info("%s %s: done in %.1fs", "refit" if config.model.refit else "training",
+             comparison.best, result.seconds)  # fmt: skip
     indptr, indices = seen.csr()
     return TrainedModel(
         model=model,
@@ -330,6 +343,7 @@ def run_row(
     num_rows: int,
     message: str,
     timings: dict,
+    force_publish: str = "",
 ) -> dict:
     return {
         "run_id": run_id,
@@ -343,16 +357,18 @@ def run_row(
         "num_items": len(trained.items),
         "num_interactions": trained.num_interactions,
         "num_rows": num_rows,
-        "code_version": __version__,
+        "code_version": code_version(),
         "seed": trained.seed,
         "message": message,
         "timings": json.dumps(timings),
+        "force_publish": force_publish or None,
     }
 
 
 RUN_COLUMNS = [
     "run_id", "started_at", "finished_at", "status", "model", "params", "source", "num_users",
     "num_items", "num_interactions", "num_rows", "code_version", "seed", "message", "timings",
+    "force_publish",
 ]  # fmt: skip
 
 
@@ -364,9 +380,11 @@ def publish_trained(
     warehouse: Warehouse,
     timer: Timer,
     stage: Stager | None = None,
+    force_publish: str = "",
 ) -> RunSummary:
     """Stage (by default: score every user here), gate and publish one run of a trained model
-    (the lock must be held)."""
+    (the lock must be held). `force_publish` (a reason) publishes past the gate's comparisons
+    with the last published run, never past its checks of this run's own rows."""
     previous = warehouse.published()
     if stage is None:
         device = resolve_device(config.scoring.device)
@@ -388,13 +406,10 @@ def publish_trained(
                 None,
             )
             current = gate.GateInput(metric, k if metric in RANKING_METRICS else None, value)
-            if config.gate.enabled:
-                problems = gate.check(staged, config.gate, current, previous)
-                if problems:
-                    raise QualityGateError(
-                        "quality gate failed: " + "; ".join(problems) + "; nothing was published"
-                    )
-            history = _history(warehouse, trained, run_id, started_at, num_rows, timer.seconds)
+            forced = _gate(staged, config, current, previous, force_publish)
+            message = trained.selection + forced
+            history = _history(warehouse, trained, run_id, started_at, num_rows, timer.seconds,
+                               message, force_publish)  # fmt: skip
             staged.insert_frame("runs", history)
             old_metrics = previous.metrics if previous is not None else None
             new_metrics = metrics_frame(trained.metrics, run_id, "validation")
@@ -415,7 +430,43 @@ def publish_trained(
         raise
     faults.point("published")  # served, not yet in the ledger: the next run records it
     return RunSummary(run_id, trained.model.name, len(trained.users), len(trained.items), num_rows,
-                      num_similar, str(warehouse.served), trained.selection, dict(timer.seconds))  # fmt: skip
+                      num_similar, str(warehouse.served), trained.selection, dict(timer.seconds),
+                      forced=forced)  # fmt: skip
+
+
+def _gate(
+    staged: StagedDatabase,
+    config: Config,
+    current: gate.GateInput,
+    previous: Published | None,
+    force_publish: str,
+) -> str:
+    """Run the quality gate; raise when it refuses. With `force_publish` (a reason), problems
+    found only by comparing with the last published run are overridden; problems in this
+    run's own rows never are. Returns the note for the run's message ("" when not forced)."""
+    if not config.gate.enabled:
+        return f"; --force-publish ({force_publish}): the gate is off" if force_publish else ""
+    problems = gate.check(staged, config.gate, current, previous)
+    if not problems:
+        return (
+            f"; --force-publish ({force_publish}) not needed: the gate passed"
+            if force_publish
+            else ""
+        )
+    own = gate.check(staged, config.gate, current, None)  # without the last run to compare with
+    if own:
+        hint = "; --force-publish does not override these" if force_publish else ""
+        raise QualityGateError(
+            f"quality gate failed: {'; '.join(own)}{hint}; nothing was published"
+        )
+    if not force_publish:
+        raise QualityGateError(
+            f"quality gate failed: {'; '.join(problems)}; nothing was published (if the change is "
+            "intended, publish it with --force-publish REASON)"
+        )
+    log.warning("quality gate failed: %s; published anyway by --force-publish: %s",
+                "; ".join(problems), force_publish)  # fmt: skip
+    return f"; published past the quality gate by --force-publish ({force_publish}): {'; '.join(problems)}"
 
 
 def _history(
@@ -425,6 +476,8 @@ def _history(
     started_at: str,
     num_rows: int,
     timings: dict,
+    message: str,
+    force_publish: str,
 ) -> pl.DataFrame:
     """The ledger as the `runs` table, this run marked published."""
     rows = [
@@ -433,7 +486,7 @@ def _history(
         if r["run_id"] != run_id
     ]
     rows.append(
-        run_row(trained, run_id, started_at, "published", num_rows, trained.selection, timings)
+        run_row(trained, run_id, started_at, "published", num_rows, message, timings, force_publish)
     )
     frame = pl.DataFrame(rows, schema={c: pl.String for c in RUN_COLUMNS}, strict=False)
     return frame.with_columns(
@@ -451,12 +504,17 @@ def _as_text(value: object) -> object:
 
 
 def run_job(
-    config: Config, make_trained, run_id: str | None = None, stage: Stager | None = None
+    config: Config,
+    make_trained,
+    run_id: str | None = None,
+    stage: Stager | None = None,
+    force_publish: str = "",
 ) -> RunSummary:
     """Lock, record the run in the ledger, build the model with `make_trained(timer)`,
-    stage its rows with `stage` (default: score them here), gate and publish. Any failure is
-    recorded as 'failed' with its one-line reason, then re-raised. Without `run_id` one is
-    made under the lock, so published ids only go forwards."""
+    stage its rows with `stage` (default: score them here), gate (see `_gate` for
+    `force_publish`) and publish. Any failure is recorded as 'failed' with its one-line
+    reason, then re-raised. Without `run_id` one is made under the lock, so published ids
+    only go forwards."""
     warehouse = Warehouse(
         config.output.database, config.output.keep_archives, config.output.free_space_factor
     )
@@ -465,14 +523,15 @@ def run_job(
     with warehouse.lock(run_id) as run_id, logs.run_log(log_dir / f"{run_id}.log", run_id):
         started_at = now_iso()
         warehouse.ledger.append(run_id, status="running", started_at=started_at, seed=config.training.seed,
-                                code_version=__version__)  # fmt: skip
+                                code_version=code_version())  # fmt: skip
         timer = Timer()
         trained = None
         try:
             faults.point("locked")
             trained = make_trained(timer)
             faults.point("trained")
-            summary = publish_trained(trained, config, run_id, started_at, warehouse, timer, stage)
+            summary = publish_trained(trained, config, run_id, started_at, warehouse, timer, stage,
+                                      force_publish)  # fmt: skip
         except BaseException as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.debug("run failed: %s", reason, exc_info=True)
@@ -493,8 +552,9 @@ def run_job(
             started_at,
             "published",
             summary.num_rows,
-            trained.selection,
+            trained.selection + summary.forced,
             timer.seconds,
+            force_publish,
         )
         del row["run_id"]
         warehouse.ledger.append(
@@ -506,11 +566,12 @@ def run_job(
             },
         )
         if config.output.report:  # published already: a failed report is only a warning
+            progress.set_phase("report")
             summary.report = report.publish_report(config.output, warehouse.served, run_id)
         return summary
 
 
-def nightly(config: Config, run_id: str | None = None) -> RunSummary:
+def nightly(config: Config, run_id: str | None = None, force_publish: str = "") -> RunSummary:
     def make_trained(timer: Timer) -> TrainedModel:
         device = resolve_device(config.training.device)
         with timer.phase("load"):
@@ -518,7 +579,7 @@ def nightly(config: Config, run_id: str | None = None) -> RunSummary:
         with timer.phase("train"):
             return train_and_choose(dataset, config, device)
 
-    return run_job(config, make_trained, run_id)
+    return run_job(config, make_trained, run_id, force_publish=force_publish)
 
 
 # ------------------------------------------------------------------------- sharded runs
@@ -552,7 +613,9 @@ def score_shard(
                                  device, str(checkpoint))  # fmt: skip
 
 
-def score_parts(config: Config, checkpoint: Path, parts: Path, group: Group) -> RunSummary | None:
+def score_parts(
+    config: Config, checkpoint: Path, parts: Path, group: Group, force_publish: str = ""
+) -> RunSummary | None:
     """Every rank of `group` scores its shard into `parts`; rank 0, which holds the run (lock,
     ledger) from the start, waits for all of them at a barrier, then checks the parts and
     publishes them as one run. Returns its summary on rank 0, None on the others."""
@@ -577,12 +640,16 @@ def score_parts(config: Config, checkpoint: Path, parts: Path, group: Group) -> 
                                     fingerprint)  # fmt: skip
 
     if not group.backend:
-        return run_job(config, checkpoint_loader(checkpoint), stage=stage)
+        return run_job(config, checkpoint_loader(checkpoint), stage=stage,
+                       force_publish=force_publish)  # fmt: skip
     with stop_on_sigterm(lambda: shard.unfinished(parts, group.world_size)):
-        return run_job(config, checkpoint_loader(checkpoint), stage=stage)
+        return run_job(config, checkpoint_loader(checkpoint), stage=stage,
+                       force_publish=force_publish)  # fmt: skip
 
 
-def publish_parts(config: Config, checkpoint: Path, parts: Path) -> RunSummary:
+def publish_parts(
+    config: Config, checkpoint: Path, parts: Path, force_publish: str = ""
+) -> RunSummary:
     """Check the parts that `score --parts` wrote (every rank present and whole, from this
     checkpoint) and publish them as one run; any problem publishes nothing."""
 
@@ -591,7 +658,7 @@ def publish_parts(config: Config, checkpoint: Path, parts: Path) -> RunSummary:
     ) -> tuple[StagedDatabase, int, int]:
         return _stage_checked_parts(trained, checkpoint, parts, run_id, warehouse, timer)
 
-    return run_job(config, checkpoint_loader(checkpoint), stage=stage)
+    return run_job(config, checkpoint_loader(checkpoint), stage=stage, force_publish=force_publish)
 
 
 def _stage_checked_parts(
