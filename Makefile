@@ -7,7 +7,7 @@ CONFIG ?= recsys.toml
 SIZES ?= 943x1682,100000x20000,200000x50000
 BENCH_ARGS ?=
 
-.PHONY: install nightly test lint format bench bench-shards quality report-screenshot clean
+.PHONY: install duckdb-cli nightly test lint format bench bench-shards quality report-screenshot clean
 
 install: $(BIN)/recsys
 
@@ -15,6 +15,10 @@ $(BIN)/recsys: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	PIP_CONSTRAINT=constraints.txt $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
+
+# The DuckDB command line (PyPI's duckdb-cli) as .venv/bin/duckdb, for the README's queries.
+duckdb-cli: install
+	$(BIN)/pip install --quiet --disable-pip-version-check duckdb-cli
 
 nightly: install
 	$(BIN)/recsys nightly --config $(CONFIG)
@@ -28,12 +32,12 @@ bench: install
 	$(BIN)/python benchmarks/bench_scoring.py --sizes $(SIZES) $(BENCH_ARGS)
 
 lint: install
-	$(BIN)/ruff check recsys jobs tests benchmarks
-	$(BIN)/ruff format --check recsys jobs tests benchmarks
+	$(BIN)/ruff check recsys jobs tests benchmarks scripts
+	$(BIN)/ruff format --check recsys jobs tests benchmarks scripts
 
 format: install
-	$(BIN)/ruff format recsys jobs tests benchmarks
-	$(BIN)/ruff check --fix recsys jobs tests benchmarks
+	$(BIN)/ruff format recsys jobs tests benchmarks scripts
+	$(BIN)/ruff check --fix recsys jobs tests benchmarks scripts
 
 # One process x 2 threads against 2 ranks x 1 thread (docs/scaling.md); SHARDS_ARGS for more,
 # e.g. SHARDS_ARGS="--users 5000 --items 1000000 --no-end-to-end".
@@ -46,17 +50,13 @@ quality: install
 	PIP_CONSTRAINT=constraints.txt $(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/quality.py
 
-# The served run's report in headless Chromium (apt-get install chromium): docs/report.png.
+# The served run's report, full height, in headless Chromium (apt-get install chromium), offline.
 DATABASE ?= warehouse/recs.duckdb
 SCREENSHOT ?= docs/report.png
 report-screenshot: install
-	@command -v chromium >/dev/null || { echo "report-screenshot: needs chromium (apt-get install chromium)"; exit 1; }
 	@mkdir -p $(dir $(SCREENSHOT))
 	$(BIN)/recsys report --database $(DATABASE) --out build/report.html
-	chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
-		--disable-background-networking --disable-component-update --disable-sync \
-		--user-data-dir=$$(mktemp -d) --screenshot=$(SCREENSHOT) --window-size=1280,2400 \
-		file://$(abspath build/report.html)
+	$(BIN)/python scripts/report_screenshot.py build/report.html $(SCREENSHOT)
 
 clean:
 	rm -rf $(VENV) warehouse *.egg-info .pytest_cache .ruff_cache

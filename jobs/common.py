@@ -3,22 +3,26 @@ one stderr line plus a sysexits exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from recsys import lock, logs
+from recsys import lock, logs, progress
 from recsys.config import Config, load_config, set_option
 from recsys.errors import EX_SOFTWARE, RecsysError
 
 log = logging.getLogger("recsys.jobs")
 DEFAULT_CONFIG = Path("recsys.toml")
+# Where the `recsys` group leaves the stderr log level (-v, -q, --log-level) for its commands.
+LOG_LEVEL = "recsys.log_level"
 
 
 def config_option(f: Callable) -> Callable:
@@ -36,6 +40,49 @@ def database_option(f: Callable) -> Callable:
                         help="Served DuckDB file (default: output.database).")(f)  # fmt: skip
 
 
+class ModelChoice(click.Choice):
+    """The registered model names and `auto`, read from recsys.models.REGISTRY only when Click
+    needs them (a --model given, --help): the registry imports torch, which commands that never
+    see --model must not wait for."""
+
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        from recsys.models import REGISTRY
+
+        return (*sorted(REGISTRY), "auto")
+
+    @choices.setter
+    def choices(self, value: tuple[str, ...]) -> None:
+        pass  # always the registry's
+
+
+def model_option(help: str) -> Callable[[Callable], Callable]:
+    def decorate(f: Callable) -> Callable:
+        return click.option("--model", type=ModelChoice(), default=None, show_choices=True,
+                            help=help)(f)  # fmt: skip
+
+    return decorate
+
+
+def _reason(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    if value is not None and not value.strip():
+        raise click.BadParameter("give the reason, e.g. --force-publish 'catalogue doubled'")
+    return (value or "").strip()
+
+
+def force_publish_option(f: Callable) -> Callable:
+    return click.option(
+        "--force-publish", metavar="REASON", default=None, callback=_reason,
+        help="Publish even when the quality gate's comparison with the last published run "
+             "(row count, validation metric) refuses it, for a change you made on purpose; "
+             "REASON goes into the ledger, runs.force_publish and the report. A run whose own "
+             "rows are broken (empty, NULL keys, bad ranks, NaN scores) is refused all the same.",
+    )(f)  # fmt: skip
+
+
 def build_config(config_path: str | None, overrides: dict[str, Any]) -> Config:
     """File (or ./recsys.toml), then RECSYS_* variables, then CLI `overrides` ("section.key")."""
     path = (
@@ -45,7 +92,8 @@ def build_config(config_path: str | None, overrides: dict[str, Any]) -> Config:
     for dotted, value in overrides.items():
         if value is not None:
             section, key = dotted.split(".")
-            set_option(config, section, key, value, origin=f"option for {section}.{key}")
+            set_option(config, section, key, value, origin=f"option for {section}.{key}",
+                       source="option")  # fmt: skip
     return config
 
 
@@ -55,12 +103,28 @@ def refuse_if_running(config: Config) -> None:
     lock.probe(lock.lock_path(config.output.database))
 
 
+@contextlib.contextmanager
+def job_progress(config: Config, what: str) -> Iterator[None]:
+    """A first log line at once, then a progress line every output.progress_seconds while
+    `what` runs, so that a cron log never stays silent for long."""
+    from recsys.version import code_version
+
+    log.info("%s: starting, recsys %s", what, code_version())
+    with progress.heartbeat(config.output.progress_seconds):
+        yield
+
+
+def stderr_level() -> int:
+    ctx = click.get_current_context(silent=True)
+    return logging.getLevelName(ctx.meta.get(LOG_LEVEL, "INFO") if ctx else "INFO")
+
+
 def handle_errors(f: Callable) -> Callable:
     """Library errors -> `error: <one line>` on stderr and their exit code; no traceback."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        logs.configure()
+        logs.configure(stderr_level())
         try:
             return f(*args, **kwargs)
         except click.ClickException:
@@ -69,6 +133,9 @@ def handle_errors(f: Callable) -> Callable:
             log.debug("failed", exc_info=True)
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except BrokenPipeError:
+            stop_writing_stdout()
+            sys.exit(0)  # the reader (`| head`) has what it wanted: not an error
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
@@ -79,3 +146,12 @@ def handle_errors(f: Callable) -> Callable:
             sys.exit(EX_SOFTWARE)
 
     return wrapper
+
+
+def stop_writing_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not raise again on the
+    closed pipe (the Python docs' recipe for SIGPIPE)."""
+    with contextlib.suppress(OSError, ValueError):  # no file descriptor (tests' CliRunner)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

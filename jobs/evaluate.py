@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from jobs.common import build_config, config_option, handle_errors
+from jobs.common import build_config, config_option, handle_errors, job_progress, model_option
 
 
 @click.command()
@@ -14,7 +14,7 @@ from jobs.common import build_config, config_option, handle_errors
     default=None,
     help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
 )
-@click.option("--model", default=None, help="A model name, or auto for all candidates.")
+@model_option("A model, or auto for all the candidates.")
 @click.option(
     "--k", "k", type=click.IntRange(min=1), default=None, help="Cut-off for top-N metrics."
 )
@@ -25,14 +25,14 @@ def evaluate(config_path, interactions, model, k, seed) -> None:
     the held-out latest ones (seen items excluded)."""
     config = build_config(config_path, {"source.interactions": interactions, "model.name": model,
                                         "model.selection_k": k, "training.seed": seed})  # fmt: skip
-    # torch is imported only by the commands that use it, so every other one starts fast.
-    from recsys.dataset import load_dataset
-    from recsys.score import resolve_device
-    from recsys.select import compare_candidates
+    with job_progress(config, "evaluate"):
+        # torch is imported only by the commands that use it, so every other one starts fast.
+        from recsys.dataset import load_dataset
+        from recsys.score import resolve_device
+        from recsys.select import compare_candidates
 
-    comparison = compare_candidates(
-        load_dataset(config), config, resolve_device(config.training.device)
-    )
+        device = resolve_device(config.training.device)
+        comparison = compare_candidates(load_dataset(config), config, device)
     models = list(dict.fromkeys(m.model for m in comparison.metrics))
     names = list(dict.fromkeys((m.metric, m.k) for m in comparison.metrics))
     values = {(m.model, m.metric, m.k): m.value for m in comparison.metrics}

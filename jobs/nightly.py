@@ -8,7 +8,10 @@ from jobs.common import (
     build_config,
     config_option,
     database_option,
+    force_publish_option,
     handle_errors,
+    job_progress,
+    model_option,
     refuse_if_running,
 )
 
@@ -21,26 +24,24 @@ from jobs.common import (
     help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
 )
 @database_option
-@click.option(
-    "--model",
-    default=None,
-    help="A model name, or auto to train the candidates and serve the best.",
-)
+@model_option("A model, or auto to train the candidates and serve the best.")
 @click.option("--top-n", type=click.IntRange(min=1), default=None, help="Items per user.")
 @click.option(
     "--seed", type=int, default=None, help="Seed for splits, initialisation and sampling."
 )
+@force_publish_option
 @handle_errors
-def nightly(config_path, interactions, database, model, top_n, seed) -> None:
+def nightly(config_path, interactions, database, model, top_n, seed, force_publish) -> None:
     """Train, choose, score every user and publish atomically to the served DuckDB file."""
     config = build_config(config_path, {
         "source.interactions": interactions, "output.database": database, "model.name": model,
         "scoring.top_n": top_n, "training.seed": seed,
     })  # fmt: skip
     refuse_if_running(config)
-    from recsys.pipeline import nightly as run_nightly  # imports torch: after the lock check
+    with job_progress(config, "nightly"):
+        from recsys.pipeline import nightly as run_nightly  # imports torch: after the lock check
 
-    summary = run_nightly(config)
+        summary = run_nightly(config, force_publish=force_publish)
     click.echo(
         f"published run {summary.run_id}: {summary.model}, {summary.num_users} users x "
         f"{summary.num_items} items, {summary.num_rows} recommendations, "
@@ -49,5 +50,7 @@ def nightly(config_path, interactions, database, model, top_n, seed) -> None:
     click.echo(
         f"{summary.selection}; " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.timings.items())
     )
+    if summary.forced:
+        click.echo(summary.forced.removeprefix("; "))
     if summary.report:
         click.echo(f"report: {summary.report}")

@@ -11,7 +11,9 @@ from jobs.common import (
     build_config,
     config_option,
     database_option,
+    force_publish_option,
     handle_errors,
+    job_progress,
     refuse_if_running,
 )
 
@@ -47,8 +49,9 @@ class ShardType(click.ParamType):
 @click.option("--shard", type=ShardType(), default=None,
               help="Score only shard K of N (0-based) into --parts, in a plain process (array "
                    "jobs); publish the parts afterwards with `recsys publish`.")  # fmt: skip
+@force_publish_option
 @handle_errors
-def score(checkpoint, config_path, database, top_n, parts, shard) -> None:
+def score(checkpoint, config_path, database, top_n, parts, shard, force_publish) -> None:
     """Score all users against all items with CHECKPOINT and publish the top-N.
 
     With --parts the scoring is sharded by user: under torchrun every rank scores its slice
@@ -61,23 +64,34 @@ def score(checkpoint, config_path, database, top_n, parts, shard) -> None:
         if shard is not None:
             raise click.UsageError("--shard needs --parts DIR (the folder the shards write to)")
         refuse_if_running(config)
-        # These import torch: after the lock check, so an overlapping run exits 75 at once.
-        from recsys.pipeline import checkpoint_loader, run_job
+        with job_progress(config, "score"):
+            # These import torch: after the lock check, so an overlapping run exits 75 at once.
+            from recsys.pipeline import checkpoint_loader, run_job
 
-        summary = run_job(config, checkpoint_loader(Path(checkpoint)))
+            summary = run_job(config, checkpoint_loader(Path(checkpoint)),
+                              force_publish=force_publish)  # fmt: skip
         click.echo(
             f"published run {summary.run_id}: {summary.model}, {summary.num_rows} recommendations -> {summary.database}"
         )
+        if summary.forced:
+            click.echo(summary.forced.removeprefix("; "))
+        if summary.report:
+            click.echo(f"report: {summary.report}")
         return
     if shard is not None:
+        if force_publish:
+            raise click.UsageError(
+                "--shard publishes nothing: give --force-publish to `recsys publish` instead"
+            )
         if distributed.launched():
             raise click.UsageError(
                 "--shard is for plain processes; under torchrun each rank takes its shard from "
                 "RANK and WORLD_SIZE (leave --shard out)"
             )
-        from recsys.pipeline import score_shard
+        with job_progress(config, f"score shard {shard[0]}/{shard[1]}"):
+            from recsys.pipeline import score_shard
 
-        manifest = score_shard(config, Path(checkpoint), Path(parts), *shard)
+            manifest = score_shard(config, Path(checkpoint), Path(parts), *shard)
         click.echo(_wrote(manifest, parts))
         click.echo(
             f"when all {shard[1]} shards are done: recsys publish --parts {parts} "
@@ -86,10 +100,11 @@ def score(checkpoint, config_path, database, top_n, parts, shard) -> None:
         return
     if distributed.launched_rank() == 0:
         refuse_if_running(config)  # rank 0 holds the run; the other ranks never take the lock
-    from recsys.pipeline import score_parts
+    with job_progress(config, "score"):
+        from recsys.pipeline import score_parts
 
-    with distributed.join(config.scoring.device) as group:
-        summary = score_parts(config, Path(checkpoint), Path(parts), group)
+        with distributed.join(config.scoring.device) as group:
+            summary = score_parts(config, Path(checkpoint), Path(parts), group, force_publish)
     if summary is None:
         click.echo(f"rank {group.rank} of {group.world_size}: parts written to {parts}; rank 0 publishes")  # fmt: skip
         return
@@ -97,6 +112,10 @@ def score(checkpoint, config_path, database, top_n, parts, shard) -> None:
         f"published run {summary.run_id}: {summary.model}, {summary.num_rows} recommendations "
         f"from {group.world_size} part(s) in {parts} -> {summary.database}"
     )
+    if summary.forced:
+        click.echo(summary.forced.removeprefix("; "))
+    if summary.report:
+        click.echo(f"report: {summary.report}")
 
 
 def _wrote(manifest: dict, parts: str) -> str:

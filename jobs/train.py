@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from jobs.common import build_config, config_option, handle_errors
+from jobs.common import build_config, config_option, handle_errors, job_progress, model_option
 
 
 @click.command()
@@ -14,7 +14,7 @@ from jobs.common import build_config, config_option, handle_errors
     default=None,
     help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
 )
-@click.option("--model", default=None, help="A model name, or auto.")
+@model_option("A model, or auto to train the candidates and keep the best.")
 @click.option("--seed", type=int, default=None)
 @click.option("--out", "out", type=click.Path(dir_okay=False), default="model.pt", show_default=True,
               help="Checkpoint file to write.")  # fmt: skip
@@ -25,12 +25,14 @@ def train(config_path, interactions, model, seed, out) -> None:
         config_path,
         {"source.interactions": interactions, "model.name": model, "training.seed": seed},
     )
-    # torch is imported only by the commands that use it, so every other one starts fast.
-    from recsys.checkpoint import save_checkpoint
-    from recsys.dataset import load_dataset
-    from recsys.score import resolve_device
-    from recsys.select import train_and_choose
+    with job_progress(config, "train"):
+        # torch is imported only by the commands that use it, so every other one starts fast.
+        from recsys.checkpoint import save_checkpoint
+        from recsys.dataset import load_dataset
+        from recsys.score import resolve_device
+        from recsys.select import train_and_choose
 
-    trained = train_and_choose(load_dataset(config), config, resolve_device(config.training.device))
-    save_checkpoint(trained, out)
+        device = resolve_device(config.training.device)
+        trained = train_and_choose(load_dataset(config), config, device)
+        save_checkpoint(trained, out)
     click.echo(f"wrote {out}: {trained.selection}")

@@ -12,13 +12,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys import __version__
 from recsys.data.idmap import IdMap
 from recsys.errors import DataError, MissingInputError
 from recsys.evaluate import ActivityMetric, Metric
 from recsys.models import build_model
 from recsys.models.base import Recommender
 from recsys.score import SeenMatrix
+from recsys.version import code_version
 
 FORMAT = "recsys-checkpoint/1"
 
@@ -48,7 +48,7 @@ def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
-        "code_version": __version__,
+        "code_version": code_version(),
         "model": trained.model.name,
         "hparams": trained.model.hparams,
         "model_args": trained.model.model_args,

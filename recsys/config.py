@@ -145,7 +145,11 @@ class OutputConfig:
     keep_archives: int = 5
     # Free disk needed before writing, as a multiple of the served file's size.
     free_space_factor: float = 2.0
+    # Each run's full log (DEBUG lines, tracebacks) as <log_dir>/<run_id>.log; "" = <dir>/logs.
     log_dir: str = ""
+    # Off a terminal (cron), a progress line at this interval in seconds through the whole
+    # job (phase, step, rate, ETA); 0 = none. On a terminal a bar shows progress instead.
+    progress_seconds: float = 15.0
     # Latest interactions per user published in user_history ("because you liked/watched"
     # look-ups); 0 = all of them.
     history_n: int = 0
@@ -178,8 +182,16 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
+    def __post_init__(self) -> None:
+        # Where each "section.key" set away from its default came from ("file recsys.toml",
+        # "env RECSYS_...", "option"); not a field: two configs with the same values are equal.
+        self.origins: dict[str, str] = {}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def origin(self, dotted: str) -> str:
+        return self.origins.get(dotted, "default")
 
 
 ENV_PREFIX = "RECSYS_"
@@ -215,7 +227,7 @@ def apply_mapping(config: Config, raw: dict[str, Any], origin: str) -> None:
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table of keys")
         for key, value in values.items():
-            set_option(config, section, key, value, origin)
+            set_option(config, section, key, value, origin, source=f"file {origin}")
 
 
 def apply_env(config: Config, environ: typing.Mapping[str, str]) -> None:
@@ -229,21 +241,26 @@ def apply_env(config: Config, environ: typing.Mapping[str, str]) -> None:
         section, _, key = rest.partition("_")
         if section not in sections or not key:
             continue  # other RECSYS_* variables (e.g. test hooks) are not config
-        origin = f"environment variable {name}"
+        origin, source = f"environment variable {name}", f"env {name}"
         table, _, nested_key = key.partition("_")
         if dataclasses.is_dataclass(getattr(getattr(config, section), table, None)):
-            set_option(config, section, table, {nested_key: value}, origin)
+            set_option(config, section, table, {nested_key: value}, origin, source)
         else:
-            set_option(config, section, key, value, origin)
+            set_option(config, section, key, value, origin, source)
 
 
-def set_option(config: Config, section: str, key: str, value: Any, origin: str) -> None:
+def set_option(
+    config: Config, section: str, key: str, value: Any, origin: str, source: str = ""
+) -> None:
     """Set one `section.key` (a nested table such as [model.tuning] takes a mapping),
-    converting `value` to the field's type with a clear error."""
-    _set(getattr(config, section), section, key, value, origin)
+    converting `value` to the field's type with a clear error; `origin` names the setting in
+    errors, `source` (default `origin`) is what `config show --origin` says it came from."""
+    _set(config, getattr(config, section), section, key, value, origin, source or origin)
 
 
-def _set(target: Any, section: str, key: str, value: Any, origin: str) -> None:
+def _set(
+    config: Config, target: Any, section: str, key: str, value: Any, origin: str, source: str
+) -> None:
     fields = {f.name: f for f in dataclasses.fields(target)}
     if key not in fields:
         raise ConfigError(
@@ -255,7 +272,7 @@ def _set(target: Any, section: str, key: str, value: Any, origin: str) -> None:
         if not isinstance(value, dict):
             raise ConfigError(f"{origin}: [{section}.{key}] must be a table of keys")
         for inner, inner_value in value.items():
-            _set(nested, f"{section}.{key}", inner, inner_value, origin)
+            _set(config, nested, f"{section}.{key}", inner, inner_value, origin, source)
         return
     hint = typing.get_type_hints(type(target))[key]
     value = coerce(value, hint, f"{origin}: [{section}] {key}")
@@ -265,6 +282,7 @@ def _set(target: Any, section: str, key: str, value: Any, origin: str) -> None:
             f"{origin}: [{section}] {key} = {value!r} is below {least!r}, the least that works"
         )
     setattr(target, key, value)
+    config.origins[f"{section}.{key}"] = source or origin
 
 
 # Settings the job cannot run with below these; refused up front rather than as odd results.
@@ -274,6 +292,7 @@ MINIMUMS: dict[str, float] = {
     "output.keep_archives": 0,
     "output.free_space_factor": 0.0,
     "output.keep_reports": 0,
+    "output.progress_seconds": 0.0,
     "gate.max_row_ratio": 1.0,
     "gate.max_metric_drop": 0.0,
     "model.tuning.budget_seconds": 0.0,
@@ -333,14 +352,36 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def to_toml(config: Config) -> str:
-    """The effective config as TOML text (for `recsys config show`)."""
+# A model's hyper-parameters as a run uses them: name -> (value, where it came from), and a
+# comment for the model's table.
+ModelParams = dict[str, tuple[dict[str, tuple[Any, str]], str]]
+
+
+def to_toml(
+    config: Config, with_origins: bool = False, model_params: ModelParams | None = None
+) -> str:
+    """The effective config as TOML text (for `recsys config show`). `with_origins` ends each
+    line with a comment saying where its value came from; `model_params` replaces
+    model.params with one complete [model.params.NAME] table per model. Either way the text
+    loads back as the same configuration."""
+
+    def line(key: str, value: Any, origin: str) -> str:
+        text = f"{key} = {toml_value(value)}"
+        return f"{text:<40}  # {origin}" if with_origins else text
+
     lines: list[str] = []
     for section, values in config.to_dict().items():
         lines.append(f"[{section}]")
         for key, value in values.items():
-            lines.append(f"{key} = {toml_value(value)}")
+            if section == "model" and key == "params" and model_params is not None:
+                continue
+            lines.append(line(key, value, config.origin(f"{section}.{key}")))
         lines.append("")
+        if section == "model" and model_params is not None:
+            for name, (params, note) in model_params.items():
+                lines.append(f"[model.params.{name}]" + (f"  # {note}" if note else ""))
+                lines += [line(key, value, origin) for key, (value, origin) in params.items()]
+                lines.append("")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from recsys import __version__, faults, gate, logs, report, shard
+from recsys import faults, gate, logs, progress, report, shard
 from recsys.checkpoint import TrainedModel, load_checkpoint
 from recsys.config import Config
 from recsys.dataset import load_dataset
@@ -30,7 +30,8 @@ from recsys.recommend import (
 )
 from recsys.score import resolve_device, scoring_dtype
 from recsys.select import train_and_choose
-from recsys.warehouse import StagedDatabase, Warehouse, duckdb_type
+from recsys.version import code_version
+from recsys.warehouse import Published, StagedDatabase, Warehouse, duckdb_type
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class RunSummary:
     selection: str
     timings: dict[str, float] = field(default_factory=dict)
     report: str = ""  # the run report's path, "" when none was written
+    forced: str = ""  # what --force-publish overrode, for the run's message ("" when not given)
 
 
 class Timer:
@@ -58,6 +60,7 @@ class Timer:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         start = time.monotonic()
+        progress.set_phase(name)
         try:
             yield
         finally:
@@ -163,6 +166,7 @@ def run_row(
     num_rows: int,
     message: str,
     timings: dict,
+    force_publish: str = "",
 ) -> dict:
     return {
         "run_id": run_id,
@@ -176,16 +180,18 @@ def run_row(
         "num_items": len(trained.items),
         "num_interactions": trained.num_interactions,
         "num_rows": num_rows,
-        "code_version": __version__,
+        "code_version": code_version(),
         "seed": trained.seed,
         "message": message,
         "timings": json.dumps(timings),
+        "force_publish": force_publish or None,
     }
 
 
 RUN_COLUMNS = [
     "run_id", "started_at", "finished_at", "status", "model", "params", "source", "num_users",
     "num_items", "num_interactions", "num_rows", "code_version", "seed", "message", "timings",
+    "force_publish",
 ]  # fmt: skip
 
 
@@ -197,9 +203,11 @@ def publish_trained(
     warehouse: Warehouse,
     timer: Timer,
     stage: Stager | None = None,
+    force_publish: str = "",
 ) -> RunSummary:
     """Stage (by default: score every user here), gate and publish one run of a trained model
-    (the lock must be held)."""
+    (the lock must be held). `force_publish` (a reason) publishes past the gate's comparisons
+    with the last published run, never past its checks of this run's own rows."""
     previous = warehouse.published()
     if stage is None:
         device = resolve_device(config.scoring.device)
@@ -221,13 +229,10 @@ def publish_trained(
                 None,
             )
             current = gate.GateInput(metric, k if metric in RANKING_METRICS else None, value)
-            if config.gate.enabled:
-                problems = gate.check(staged, config.gate, current, previous)
-                if problems:
-                    raise QualityGateError(
-                        "quality gate failed: " + "; ".join(problems) + "; nothing was published"
-                    )
-            history = _history(warehouse, trained, run_id, started_at, num_rows, timer.seconds)
+            forced = _gate(staged, config, current, previous, force_publish)
+            message = trained.selection + forced
+            history = _history(warehouse, trained, run_id, started_at, num_rows, timer.seconds,
+                               message, force_publish)  # fmt: skip
             staged.insert_frame("runs", history)
             old_metrics = previous.metrics if previous is not None else None
             new_metrics = metrics_frame(trained.metrics, run_id, "validation")
@@ -248,7 +253,43 @@ def publish_trained(
         raise
     faults.point("published")  # served, not yet in the ledger: the next run records it
     return RunSummary(run_id, trained.model.name, len(trained.users), len(trained.items), num_rows,
-                      num_similar, str(warehouse.served), trained.selection, dict(timer.seconds))  # fmt: skip
+                      num_similar, str(warehouse.served), trained.selection, dict(timer.seconds),
+                      forced=forced)  # fmt: skip
+
+
+def _gate(
+    staged: StagedDatabase,
+    config: Config,
+    current: gate.GateInput,
+    previous: Published | None,
+    force_publish: str,
+) -> str:
+    """Run the quality gate; raise when it refuses. With `force_publish` (a reason), problems
+    found only by comparing with the last published run are overridden; problems in this
+    run's own rows never are. Returns the note for the run's message ("" when not forced)."""
+    if not config.gate.enabled:
+        return f"; --force-publish ({force_publish}): the gate is off" if force_publish else ""
+    problems = gate.check(staged, config.gate, current, previous)
+    if not problems:
+        return (
+            f"; --force-publish ({force_publish}) not needed: the gate passed"
+            if force_publish
+            else ""
+        )
+    own = gate.check(staged, config.gate, current, None)  # without the last run to compare with
+    if own:
+        hint = "; --force-publish does not override these" if force_publish else ""
+        raise QualityGateError(
+            f"quality gate failed: {'; '.join(own)}{hint}; nothing was published"
+        )
+    if not force_publish:
+        raise QualityGateError(
+            f"quality gate failed: {'; '.join(problems)}; nothing was published (if the change is "
+            "intended, publish it with --force-publish REASON)"
+        )
+    log.warning("quality gate failed: %s; published anyway by --force-publish: %s",
+                "; ".join(problems), force_publish)  # fmt: skip
+    return f"; published past the quality gate by --force-publish ({force_publish}): {'; '.join(problems)}"
 
 
 def _history(
@@ -258,6 +299,8 @@ def _history(
     started_at: str,
     num_rows: int,
     timings: dict,
+    message: str,
+    force_publish: str,
 ) -> pl.DataFrame:
     """The ledger as the `runs` table, this run marked published."""
     rows = [
@@ -266,7 +309,7 @@ def _history(
         if r["run_id"] != run_id
     ]
     rows.append(
-        run_row(trained, run_id, started_at, "published", num_rows, trained.selection, timings)
+        run_row(trained, run_id, started_at, "published", num_rows, message, timings, force_publish)
     )
     frame = pl.DataFrame(rows, schema={c: pl.String for c in RUN_COLUMNS}, strict=False)
     return frame.with_columns(
@@ -284,12 +327,17 @@ def _as_text(value: object) -> object:
 
 
 def run_job(
-    config: Config, make_trained, run_id: str | None = None, stage: Stager | None = None
+    config: Config,
+    make_trained,
+    run_id: str | None = None,
+    stage: Stager | None = None,
+    force_publish: str = "",
 ) -> RunSummary:
     """Lock, record the run in the ledger, build the model with `make_trained(timer)`,
-    stage its rows with `stage` (default: score them here), gate and publish. Any failure is
-    recorded as 'failed' with its one-line reason, then re-raised. Without `run_id` one is
-    made under the lock, so published ids only go forwards."""
+    stage its rows with `stage` (default: score them here), gate (see `_gate` for
+    `force_publish`) and publish. Any failure is recorded as 'failed' with its one-line
+    reason, then re-raised. Without `run_id` one is made under the lock, so published ids
+    only go forwards."""
     warehouse = Warehouse(
         config.output.database, config.output.keep_archives, config.output.free_space_factor
     )
@@ -298,14 +346,15 @@ def run_job(
     with warehouse.lock(run_id) as run_id, logs.run_log(log_dir / f"{run_id}.log", run_id):
         started_at = now_iso()
         warehouse.ledger.append(run_id, status="running", started_at=started_at, seed=config.training.seed,
-                                code_version=__version__)  # fmt: skip
+                                code_version=code_version())  # fmt: skip
         timer = Timer()
         trained = None
         try:
             faults.point("locked")
             trained = make_trained(timer)
             faults.point("trained")
-            summary = publish_trained(trained, config, run_id, started_at, warehouse, timer, stage)
+            summary = publish_trained(trained, config, run_id, started_at, warehouse, timer, stage,
+                                      force_publish)  # fmt: skip
         except BaseException as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.debug("run failed: %s", reason, exc_info=True)
@@ -326,8 +375,9 @@ def run_job(
             started_at,
             "published",
             summary.num_rows,
-            trained.selection,
+            trained.selection + summary.forced,
             timer.seconds,
+            force_publish,
         )
         del row["run_id"]
         warehouse.ledger.append(
@@ -339,11 +389,12 @@ def run_job(
             },
         )
         if config.output.report:  # published already: a failed report is only a warning
+            progress.set_phase("report")
             summary.report = report.publish_report(config.output, warehouse.served, run_id)
         return summary
 
 
-def nightly(config: Config, run_id: str | None = None) -> RunSummary:
+def nightly(config: Config, run_id: str | None = None, force_publish: str = "") -> RunSummary:
     def make_trained(timer: Timer) -> TrainedModel:
         device = resolve_device(config.training.device)
         with timer.phase("load"):
@@ -351,7 +402,7 @@ def nightly(config: Config, run_id: str | None = None) -> RunSummary:
         with timer.phase("train"):
             return train_and_choose(dataset, config, device)
 
-    return run_job(config, make_trained, run_id)
+    return run_job(config, make_trained, run_id, force_publish=force_publish)
 
 
 # ------------------------------------------------------------------------- sharded runs
@@ -385,7 +436,9 @@ def score_shard(
                                  device, str(checkpoint))  # fmt: skip
 
 
-def score_parts(config: Config, checkpoint: Path, parts: Path, group: Group) -> RunSummary | None:
+def score_parts(
+    config: Config, checkpoint: Path, parts: Path, group: Group, force_publish: str = ""
+) -> RunSummary | None:
     """Every rank of `group` scores its shard into `parts`; rank 0, which holds the run (lock,
     ledger) from the start, waits for all of them at a barrier, then checks the parts and
     publishes them as one run. Returns its summary on rank 0, None on the others."""
@@ -410,12 +463,16 @@ def score_parts(config: Config, checkpoint: Path, parts: Path, group: Group) -> 
                                     fingerprint)  # fmt: skip
 
     if not group.backend:
-        return run_job(config, checkpoint_loader(checkpoint), stage=stage)
+        return run_job(config, checkpoint_loader(checkpoint), stage=stage,
+                       force_publish=force_publish)  # fmt: skip
     with stop_on_sigterm(lambda: shard.unfinished(parts, group.world_size)):
-        return run_job(config, checkpoint_loader(checkpoint), stage=stage)
+        return run_job(config, checkpoint_loader(checkpoint), stage=stage,
+                       force_publish=force_publish)  # fmt: skip
 
 
-def publish_parts(config: Config, checkpoint: Path, parts: Path) -> RunSummary:
+def publish_parts(
+    config: Config, checkpoint: Path, parts: Path, force_publish: str = ""
+) -> RunSummary:
     """Check the parts that `score --parts` wrote (every rank present and whole, from this
     checkpoint) and publish them as one run; any problem publishes nothing."""
 
@@ -424,7 +481,7 @@ def publish_parts(config: Config, checkpoint: Path, parts: Path) -> RunSummary:
     ) -> tuple[StagedDatabase, int, int]:
         return _stage_checked_parts(trained, checkpoint, parts, run_id, warehouse, timer)
 
-    return run_job(config, checkpoint_loader(checkpoint), stage=stage)
+    return run_job(config, checkpoint_loader(checkpoint), stage=stage, force_publish=force_publish)
 
 
 def _stage_checked_parts(

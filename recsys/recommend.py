@@ -160,6 +160,7 @@ def similar_item_batches(
         device=device,
         budget_bytes=budget_bytes,
         what=what,
+        unit="items",
     )
     for chunk in chunks:
         yield topn_batch(chunk, trained.items, trained.items, ("item_id", "similar_item_id"))

@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -24,11 +25,11 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from recsys import __version__
 from recsys.config import OutputConfig
 from recsys.errors import NotFoundError
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
-from recsys.warehouse import QUERIES_DIR, has_table, open_read_only
+from recsys.version import code_version
+from recsys.warehouse import QUERIES_DIR, Warehouse, has_table, open_read_only
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,11 @@ RECENT_RUNS = 10  # runs of any status in the run list
 SCORE_BINS = 40
 LONG_TAIL_POINTS = 200  # points of the cumulative popularity curve
 # Metrics in the order tables and charts list them (then any others, alphabetically).
-METRIC_ORDER = {m: i for i, m in enumerate((*RANKING_METRICS, *RATING_METRICS, "train_seconds"))}
+METRIC_ORDER = {m: i for i, m in enumerate((*RANKING_METRICS, *RATING_METRICS))}
+# Rows of the metrics table that are timings, not quality: shown apart, never charted as quality.
+TIMING_METRICS = ("train_seconds",)
+# Activity buckets with fewer users than this are marked as too small to read.
+MIN_BUCKET_USERS = 30
 
 WINNER = "#2563eb"
 OTHERS = ("#f59e0b", "#10b981", "#a855f7", "#ef4444", "#64748b", "#0ea5e9", "#84cc16")
@@ -357,12 +362,24 @@ def build_report(
     (run_id, html)."""
     with open_for_run(Path(database), run_id) as (con, path, run_id, with_recs):
         data = load_report_data(con, path, run_id, with_recs, default_selection)
+    data.run["timings"] = ledger_timings(Path(database), run_id) or data.run.get("timings")
     if not with_recs:
         data.notes.append(
             f"The recommendations of run {run_id} are no longer kept (it is neither served nor "
             f"archived), so the sections about them are empty."
         )
     return run_id, render_html(data)
+
+
+def ledger_timings(database: Path, run_id: str) -> str | None:
+    """The run's phase times as the ledger beside the served file has them (JSON), or None.
+    A file's own runs row is written while it is being published, so only the ledger holds
+    the publish phase's time."""
+    run = Warehouse(database).ledger.get(run_id)
+    timings = run.get("timings") if run and run.get("status") == "published" else None
+    if isinstance(timings, str):
+        return timings
+    return json.dumps(timings) if isinstance(timings, dict) and timings else None
 
 
 def write_report(
@@ -406,7 +423,7 @@ def publish_report(output: OutputConfig, served: Path, run_id: str) -> str:
                     folder, type(exc).__name__, reason)  # fmt: skip
         log.debug("run report failed", exc_info=True)
         return ""
-    log.info("run report: %s", path)
+    log.debug("run report: %s", path)  # the job prints it
     return str(path)
 
 
@@ -527,12 +544,17 @@ def candidates_chart(candidates: pl.DataFrame, winner: str) -> str:
     return _img(fig, "validation metrics per candidate model")
 
 
-def history_chart(history: pl.DataFrame, current_run: str) -> str:
-    history = history.with_columns(
+def _with_labels(history: pl.DataFrame) -> pl.DataFrame:
+    """A `label` column: metric@k, or the metric alone when it has no k."""
+    return history.with_columns(
         label=pl.when(pl.col("k").is_null())
         .then(pl.col("metric"))
         .otherwise(pl.format("{}@{}", "metric", "k"))
     )
+
+
+def history_chart(history: pl.DataFrame, current_run: str) -> str:
+    """One small chart per metric (rows labelled by `_with_labels`) over the runs."""
     labels = list(set(history["label"]))
     labels.sort(key=lambda label: (METRIC_ORDER.get(label.split("@")[0], 99), label))
     runs = sorted(set(history["run_id"]))
@@ -589,22 +611,33 @@ def popularity_chart(deciles: pl.DataFrame, long_tail: pl.DataFrame) -> str:
     return _img(fig, "popularity of recommended items against the catalogue")
 
 
-def lists_chart(list_lengths: pl.DataFrame, scores: pl.DataFrame) -> str:
-    fig, (left, right) = _figure(FULL, 2.4, margins=(0.6, 0.1, 0.5, 0.1), gaps=(0.9, 0), ncols=2)
-    lengths = list_lengths["list_length"].to_list()
-    left.bar(lengths, list_lengths["num_users"].to_list(), color=WINNER, width=0.8)
-    left.set_xlim(min(lengths, default=1) - 1, max(lengths, default=1) + 1)
-    left.xaxis.get_major_locator().set_params(integer=True)
-    left.set_xlabel("items in a user's list", fontsize=8)
-    left.set_ylabel("users", fontsize=8)
-    _style(left)
-    starts, ends = scores["bin_start"].to_list(), scores["bin_end"].to_list()
-    right.bar(starts, scores["num_rows"].to_list(), [e - s for s, e in zip(starts, ends, strict=True)],
-              align="edge", color=WINNER)  # fmt: skip
-    right.set_xlabel("score", fontsize=8)
-    right.set_ylabel("recommendations", fontsize=8)
-    _style(right)
-    return _img(fig, "distribution of list lengths and of scores")
+def lists_chart(list_lengths: pl.DataFrame | None, scores: pl.DataFrame | None) -> str:
+    """List lengths and scores side by side; one of them alone at half width."""
+    both = list_lengths is not None and scores is not None
+    fig, axes = _figure(FULL if both else HALF, 2.4, margins=(0.6, 0.1, 0.5, 0.1), gaps=(0.9, 0),
+                        ncols=2 if both else 1)  # fmt: skip
+    axes = list(np.atleast_1d(axes))
+    alt = []
+    if list_lengths is not None:
+        left = axes.pop(0)
+        lengths = list_lengths["list_length"].to_list()
+        left.bar(lengths, list_lengths["num_users"].to_list(), color=WINNER, width=0.8)
+        left.set_xlim(min(lengths, default=1) - 1, max(lengths, default=1) + 1)
+        left.xaxis.get_major_locator().set_params(integer=True)
+        left.set_xlabel("items in a user's list", fontsize=8)
+        left.set_ylabel("users", fontsize=8)
+        _style(left)
+        alt.append("list lengths")
+    if scores is not None:
+        right = axes.pop(0)
+        starts, ends = scores["bin_start"].to_list(), scores["bin_end"].to_list()
+        right.bar(starts, scores["num_rows"].to_list(),
+                  [e - s for s, e in zip(starts, ends, strict=True)], align="edge", color=WINNER)  # fmt: skip
+        right.set_xlabel("score", fontsize=8)
+        right.set_ylabel("recommendations", fontsize=8)
+        _style(right)
+        alt.append("scores")
+    return _img(fig, "distribution of " + " and of ".join(alt))
 
 
 def sources_chart(sources: pl.DataFrame) -> str:
@@ -628,13 +661,27 @@ def activity_chart(activity: pl.DataFrame, winner: str) -> str:
     colors = _colors(models, winner)
     values = {(r["model"], r["bucket"]): r["ndcg"] for r in activity.iter_rows(named=True)}
     users = dict(activity.select("bucket", "num_users").unique("bucket").iter_rows())
+    small = {b for b in names if users[b] < MIN_BUCKET_USERS}
     fig, ax = _figure(HALF, 3.0, margins=(0.6, 0.1, 0.75, 0.1))
     width = 0.8 / max(len(models), 1)
     for j, model in enumerate(models):
         xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(names))]
-        ax.bar(xs, [values.get((model, b), 0.0) for b in names], width, color=colors[model],
-               label=model + (" (chosen)" if model == winner else ""))  # fmt: skip
-    ax.set_xticks(range(len(names)), [f"{b}\n{users[b]:,} users" for b in names])
+        means = [values.get((model, b), 0.0) for b in names]
+        # The widest standard error a mean of n scores in [0, 1] can have: m(1 - m) / n; the
+        # whiskers stop at 0 and 1, where NDCG does.
+        spread = [1.96 * math.sqrt(max(m * (1 - m), 0.0) / max(users[b], 1))
+                  for m, b in zip(means, names, strict=True)]  # fmt: skip
+        whiskers = [[min(d, m) for d, m in zip(spread, means, strict=True)],
+                    [min(d, 1 - m) for d, m in zip(spread, means, strict=True)]]  # fmt: skip
+        bars = ax.bar(xs, means, width, color=colors[model], yerr=whiskers,
+                      error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#374151"},
+                      label=model + (" (chosen)" if model == winner else ""))  # fmt: skip
+        for bar, bucket in zip(bars, names, strict=True):
+            if bucket in small:
+                bar.set_alpha(0.45)
+                bar.set_hatch("///")
+    ax.set_xticks(range(len(names)),
+                  [f"{b}\n{users[b]:,} users{' *' if b in small else ''}" for b in names])  # fmt: skip
     ax.set_xlabel("interactions in the user's training history", fontsize=8)
     k = activity["k"][0] if activity.height else 10
     ax.set_ylabel(f"validation NDCG@{k}", fontsize=8)
@@ -690,6 +737,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.winner td { font-weight: 600; background: #eff6ff; }
 table.kv th { color: #6b7280; font-weight: normal; width: 34%; }
 .note { color: #6b7280; font-size: 13px; }
+.forced { background: #fef3c7; color: #92400e; border-radius: 8px; padding: 8px 12px; }
 .lead { font-size: 15px; margin: 0 0 10px; }
 code { font-size: 12px; background: #f3f4f6; padding: 0 3px; border-radius: 3px; }
 footer { color: #6b7280; font-size: 12px; margin-top: 18px; }
@@ -800,6 +848,11 @@ def render_html(data: ReportData) -> str:
         _kpis(data, choice, timings),
         "</header>",
     ]
+    if run.get("force_publish"):
+        parts.append(
+            f'<p class="forced">Published past the quality gate with <code>--force-publish</code>: '
+            f"{_e(run['force_publish'])}. What the gate found is in the run's message below.</p>"
+        )
     parts += [f'<p class="note">{_e(note)}</p>' for note in data.notes]
     parts += [
         _run_section(data, timings),
@@ -807,10 +860,11 @@ def render_html(data: ReportData) -> str:
         _history_section(data),
         _recommended_section(data),
         _activity_section(data, choice),
-        f"<footer>Written by <code>recsys report</code> {_e(__version__)} from "
+        f"<footer>Written by <code>recsys report</code> {_e(code_version())} from "
         f"<code>{_e(data.database)}</code> at {_e(_when(datetime.now(UTC)))}. Every number is "
         "read from the published tables (runs, metrics, metrics_by_activity, recommendations, "
-        "items).</footer>",
+        "items), and the seconds per phase from the run ledger beside them, which alone holds "
+        "the publish phase's time.</footer>",
         "</main>",
         "</body>",
         "</html>",
@@ -838,7 +892,7 @@ def _kpis(data: ReportData, choice: Choice, timings: dict[str, float]) -> str:
         (_num(run.get("num_items")), "items"),
         (
             f"{summary['catalogue_coverage']:.1%}" if summary else "–",
-            "catalogue coverage (recommended at least once)",
+            "catalogue coverage (items in at least one served list)",
         ),
         (f"{sum(timings.values()):.1f}s" if timings else "–", "run time (sum of phases)"),
     ]
@@ -859,6 +913,7 @@ def _run_section(data: ReportData, timings: dict[str, float]) -> str:
     rows = [
         ("status", f"{status} ({exit_status})" if exit_status else status),
         ("message", run.get("message")),
+        *([("forced past the gate", run["force_publish"])] if run.get("force_publish") else []),
         ("source", run.get("source")),
         ("users × items", f"{_num(users)} × {_num(items)}"),
         ("interactions", _num(interactions)),
@@ -919,41 +974,70 @@ def _choice_section(data: ReportData, choice: Choice) -> str:
         )
     else:
         lead = f"<b>{_e(choice.winner)}</b> served; its {_e(choice.label)} is not recorded."
+    quality = candidates.filter(~pl.col("metric").is_in(TIMING_METRICS))
     columns = sorted(
-        {_label(m, k) for m, k in candidates.select("metric", "k").unique().iter_rows()},
+        {_label(m, k) for m, k in quality.select("metric", "k").unique().iter_rows()},
         key=lambda label: (METRIC_ORDER.get(label.split("@")[0], len(METRIC_ORDER)), label),
     )
     models = sorted(set(candidates["model"]), key=lambda m: (m != choice.winner, m))
     values = {(r["model"], _label(r["metric"], r["k"])): r["value"]
               for r in candidates.iter_rows(named=True)}  # fmt: skip
+    header = [_e(m) + (" (chosen)" if m == choice.winner else "") for m in models]
     table = _table(
-        ["validation", *[_e(m) + (" (chosen)" if m == choice.winner else "") for m in models]],
-        [
-            [_e(c)] + [_num(values.get((m, c)), 2 if c == "train_seconds" else 4) for m in models]
-            for c in columns
-        ],
+        ["validation", *header],
+        [[_e(c)] + [_num(values.get((m, c))) for m in models] for c in columns],
         numeric=set(range(1, len(models) + 1)),
         row_class=["winner" if c == choice.label else "" for c in columns],
     )
+    timings = [t for t in TIMING_METRICS if t in set(candidates["metric"])]
+    if timings:  # how long each took is not a quality metric: a table of its own
+        table += "<h3>Time to train (not a quality metric)</h3>" + _table(
+            ["timing", *header],
+            [[_e(t.replace("_", " "))] + [_num(values.get((m, t)), 1) for m in models]
+             for t in timings],
+            numeric=set(range(1, len(models) + 1)),
+        )  # fmt: skip
+    coverage = [c for c in columns if c.split("@")[0] == "coverage"]
+    if coverage:
+        table += (
+            f'<p class="note">{_e(coverage[0])} is the share of the training catalogue found in '
+            "the lists that each candidate, trained on the split, gave the validation users. The "
+            "catalogue coverage at the top of the report counts the served lists of every user "
+            "from the refitted model, so the two differ.</p>"
+        )
+    chart = (
+        candidates_chart(candidates, choice.winner)
+        if len(models) > 1
+        else '<p class="note">One candidate: nothing to compare, so no chart.</p>'
+    )
     return (
         f'{head}<p class="lead">{lead}</p><div class="grid"><div>{table}</div>'
-        f"<div>{candidates_chart(candidates, choice.winner)}</div></div></section>"
+        f"<div>{chart}</div></div></section>"
     )
 
 
 def _history_section(data: ReportData) -> str:
     head = '<section id="history"><h2>Metric history</h2>'
-    history = data.history
+    history = _with_labels(data.history.filter(~pl.col("metric").is_in(TIMING_METRICS)))
     if not history.height:
         return head + '<p class="note">No published run with metrics yet.</p></section>'
     num_runs = history["run_id"].n_unique()
+    if num_runs < 2:
+        return head + (
+            '<p class="note">Only one published run so far: a history needs two points, so '
+            "there is no chart yet. This run's validation metrics are under Model choice.</p>"
+            "</section>"
+        )
+    points = history.group_by("label").len()
+    single = sorted(points.filter(pl.col("len") < 2)["label"])
     lead = (
         f"Validation metrics of the model each of the last {num_runs} published runs served "
         f"(colour = model; dotted line = this run)."
-        if num_runs > 1
-        else "Only one published run so far: the lines start here."
     )
-    return f'{head}<p class="note">{lead}</p>{history_chart(history, data.run["run_id"])}</section>'
+    if single:
+        lead += f" Not drawn, with one value so far: {', '.join(single)}."
+    chart = history_chart(history.filter(~pl.col("label").is_in(single)), data.run["run_id"])
+    return f'{head}<p class="note">{_e(lead)}</p>{chart}</section>'
 
 
 def _recommended_section(data: ReportData) -> str:
@@ -972,18 +1056,29 @@ def _recommended_section(data: ReportData) -> str:
             f"<b>{top['share_of_recommendations'][0]:.1%}</b> of recommendation slots "
             f"(it has {top['share_of_interactions'][0]:.1%} of interactions)."
         )
+    lengths = data.list_lengths
+    top_n = int(lengths["list_length"].max()) if lengths is not None and lengths.height else 0
     lead = (
         f"{_num(s['num_rows'])} recommendations for {_num(s['num_users'])} users; "
         f"<b>{_num(s['num_recommended_items'])}</b> of {_num(s['num_items'])} items recommended "
-        f"at least once (catalogue coverage <b>{s['catalogue_coverage']:.1%}</b>).{top_line}"
+        f"at least once (catalogue coverage <b>{s['catalogue_coverage']:.1%}</b>: items in the "
+        f"served top-{top_n} list of at least one user; the validation coverage under Model "
+        f"choice is measured on other lists).{top_line}"
     )
     sources = data.sources
-    source_table = _table(
-        ["path (source)", "users", "share"],
-        [[_e(r["source"]), _num(r["num_users"]), f"{r['share_of_users']:.1%}"]
-         for r in sources.iter_rows(named=True)],
-        numeric={1, 2},
-    )  # fmt: skip
+    if sources.height > 1:
+        source_table = _table(
+            ["path (source)", "users", "share"],
+            [[_e(r["source"]), _num(r["num_users"]), f"{r['share_of_users']:.1%}"]
+             for r in sources.iter_rows(named=True)],
+            numeric={1, 2},
+        ) + sources_chart(sources)  # fmt: skip
+    else:
+        only = sources.row(0, named=True) if sources.height else {"source": "–", "num_users": 0}
+        source_table = (
+            f'<p class="note">Every user ({_num(only["num_users"])}) was served by the '
+            f"<b>{_e(only['source'])}</b> path, so there is no chart.</p>"
+        )
     most = data.most_recommended
     most_rows = most.head(10).iter_rows(named=True) if most is not None else []
     most_table = _table(
@@ -996,11 +1091,27 @@ def _recommended_section(data: ReportData) -> str:
         f'{head}<p class="lead">{lead}</p>'
         f"<h3>Popularity of recommended items against the catalogue (long tail)</h3>"
         f"{popularity_chart(deciles, data.long_tail)}"
-        f'<div class="grid"><div><h3>Users served by each path</h3>{source_table}'
-        f"{sources_chart(sources)}</div>"
+        f'<div class="grid"><div><h3>Users served by each path</h3>{source_table}</div>'
         f"<div><h3>Most recommended items</h3>{most_table}</div></div>"
-        f"<h3>List lengths and scores</h3>{lists_chart(data.list_lengths, data.scores)}"
+        f"<h3>List lengths and scores</h3>{_lists(lengths, data.scores)}"
         "</section>"
+    )
+
+
+def _lists(lengths: pl.DataFrame | None, scores: pl.DataFrame | None) -> str:
+    """The list-length and score charts, each only when it has more than one bar."""
+    notes = []
+    if lengths is not None and lengths.height == 1:
+        notes.append(f"Every user's list has {lengths['list_length'][0]} items.")
+        lengths = None
+    if scores is not None and scores.height == 1:
+        notes.append(f"Every score is {scores['bin_start'][0]:.4g}.")
+        scores = None
+    lengths = lengths if lengths is not None and lengths.height else None
+    scores = scores if scores is not None and scores.height else None
+    text = f'<p class="note">{_e(" ".join(notes))}</p>' if notes else ""
+    return text + (
+        lists_chart(lengths, scores) if lengths is not None or scores is not None else ""
     )
 
 
@@ -1020,12 +1131,23 @@ def _activity_section(data: ReportData, choice: Choice) -> str:
     k = activity["k"][0]
     table = _table(
         ["training history", "users", *[_e(m) for m in models]],
-        [[_e(b), _num(users[b])] + [_num(values.get((m, b))) for m in models] for b in buckets],
+        [[_e(b), _num(users[b]) + (" *" if users[b] < MIN_BUCKET_USERS else "")]
+         + [_num(values.get((m, b))) for m in models] for b in buckets],
         numeric=set(range(1, len(models) + 2)),
+    )  # fmt: skip
+    note = (
+        f"Validation NDCG@{k} of every candidate for users grouped by how many interactions they "
+        "had in training (the chosen model in blue). Whiskers: ±1.96·√(m(1−m)/n) for a bucket's "
+        "mean m over n users, at least as wide as a 95% interval for scores between 0 and 1."
+    )
+    if any(n < MIN_BUCKET_USERS for n in users.values()):
+        note += f" * Fewer than {MIN_BUCKET_USERS} users: too few to read (hatched in the chart)."
+    chart = (
+        activity_chart(activity, winner)
+        if len(buckets) > 1 or len(models) > 1
+        else '<p class="note">One bucket and one model: nothing to compare, so no chart.</p>'
     )
     return (
-        f'{head}<p class="note">Validation NDCG@{k} of every candidate for users grouped by how '
-        f"many interactions they had in training (the chosen model in blue).</p>"
-        f'<div class="grid"><div>{activity_chart(activity, winner)}</div><div>{table}</div></div>'
-        "</section>"
+        f'{head}<p class="note">{_e(note)}</p>'
+        f'<div class="grid"><div>{chart}</div><div>{table}</div></div></section>'
     )

@@ -294,6 +294,7 @@ def top_n(
     budget_bytes: int = 0,
     what: str = "scoring",
     workers: int = 0,
+    unit: str = "users",
 ) -> Iterator[TopN]:
     """Yield the top-`n` unseen keys for `queries` (default: all), chunk by chunk, in order.
 
@@ -317,7 +318,7 @@ def top_n(
               device)  # fmt: skip
     starts = range(0, len(queries), rows_per_chunk)
     blocks = (queries[start : start + rows_per_chunk] for start in starts)
-    progress = Progress(len(queries), what)
+    progress = Progress(len(queries), what, unit)  # queries are users, or items
     if workers == 1:
         for block in blocks:
             yield scorer_chunk(block)

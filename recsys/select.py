@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from recsys import progress
 from recsys.checkpoint import TrainedModel
 from recsys.config import Config
 from recsys.data.interactions import Interactions
@@ -198,7 +199,11 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
 
     def run(name: str) -> tuple[Tuned, list[Metric], list[ActivityMetric]]:
         torch.set_num_threads(max(1, settings.threads))  # this worker's own thread team
-        log.info("candidate %s: tuning (up to %d trials in %.0fs)", name, tuning.trials, share)
+        number = runnable.index(name) + 1
+        progress.set_step(f"candidate {name} ({number}/{len(runnable)})")
+        log.info("candidate %s (%d/%d): training on %d interactions, validating on %d; tuning "
+                 "up to %d trials in %.0fs", name, number, len(runnable), len(check.train),
+                 len(check.valid), tuning.trials, share)  # fmt: skip
         cls, given = selectable_class(name), model_params(config, name)
 
         def run_trial(params: dict[str, Any]) -> tuple[Recommender, float, int]:
@@ -211,9 +216,11 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
                       check.train.has_time, stop)  # fmt: skip
         rows, by_activity = check.evaluate(result.model)
         value = next((r.value for r in rows if r.metric == check.metric), None)
-        log.info("candidate %s: %s@%d = %s after %d trial(s) in %.1fs (%s)", name, check.metric,
-                 check.k, "n/a" if value is None else f"{value:.4f}", len(result.trials),
-                 result.seconds, _show(result.model.params()))  # fmt: skip
+        chosen = next(t for t in result.trials if t.params == result.params)
+        log.info("candidate %s: %s@%d = %s (best epoch %d, %.1fs) after %d trial(s) in %.1fs: %s",
+                 name, check.metric, check.k, "n/a" if value is None else f"{value:.4f}",
+                 result.best_epoch, chosen.seconds, len(result.trials), result.seconds,
+                 _show(result.model.params()))  # fmt: skip
         return result, rows + _tuning_rows(result), by_activity
 
     results = _in_workers(run, runnable, workers, stop)
@@ -365,9 +372,13 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
         models = []
         for name in names:
             result = comparison.tuned[name]
-            log.info("refit: %s on all %d interactions", name, len(data))
+            progress.set_step(f"refit {name}")
             model = new_model(name, dataset, config, result.params)
-            fit(model, data, None, settings, epochs=max(result.best_epoch, 1))
+            epochs = max(result.best_epoch, 1)
+            log.info("refit %s on all %d interactions %s", name, len(data),
+                     f"for {epochs} epoch(s)" if model.trainable else "(closed form)")  # fmt: skip
+            fit_result = fit(model, data, None, settings, epochs=epochs)
+            log.info("refit %s: done in %.1fs", name, fit_result.seconds)
             models.append(model)
         model = (
             Blend.of(models, comparison.blend.hparams["weights"]) if comparison.blend else models[0]

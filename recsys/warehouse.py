@@ -44,6 +44,10 @@ WRITE_QUEUE_DEPTH = 4
 INSERT_ROWS = 1 << 20
 # What a run id may hold: it is written into the DDL of the run's tables (their run_id column).
 RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
+# The storage format of every file the job writes (staged, served, archived). DuckDB 2.0's own
+# format is unreadable to every DuckDB 1.x (the CLI, BI tools, pipelines not yet upgraded);
+# this one is read by DuckDB 1.0 and every later release (files 0-2% larger, as measured).
+STORAGE_VERSION = "v1.0.0"
 
 
 def duckdb_type(dtype: pl.DataType) -> str:
@@ -192,7 +196,9 @@ class StagedDatabase:
             raise ValueError(f"run id {run_id!r}: expected letters, digits, '.', '_' or '-'")
         self.path = path
         with no_space_is_exit_73(path.parent):
-            self.con = duckdb.connect(str(path))
+            self.con = duckdb.connect(
+                str(path), config={"storage_compatibility_version": STORAGE_VERSION}
+            )
             self.con.execute(f"create type user_key as {user_type}")
             self.con.execute(f"create type item_key as {item_type}")
             for ddl in sorted(DDL_DIR.glob("*.sql")):

@@ -174,23 +174,27 @@ def test_unknown_config_key_is_one_line(tmp_path: Path) -> None:
     )
 
 
-def test_unknown_model_name(tmp_path: Path, fast_config: Path) -> None:
-    result = run_cli(
-        "nightly",
-        "--config",
-        str(fast_config),
-        "--database",
-        str(tmp_path / "x.duckdb"),
-        "--model",
-        "svdpp",
-    )
-    assert result.returncode == 65
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith("error: unknown model 'svdpp' (expected one of:")
-    )
-    assert not (tmp_path / "x.duckdb").exists()
+@pytest.mark.parametrize("command", ["nightly", "train", "evaluate"])
+def test_unknown_model_is_a_usage_error_before_anything_loads(
+    tmp_path: Path, fast_config: Path, command: str
+) -> None:
+    args = [command, "--config", str(fast_config), "--model", "svdpp"]
+    if command == "nightly":
+        args += ["--database", str(tmp_path / "wh" / "x.duckdb")]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: Invalid value for '--model': 'svdpp' is not one of 'bpr', ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recsys.toml"]  # no ledger, no log
+
+
+@pytest.mark.parametrize("command", ["nightly", "train", "evaluate"])
+def test_help_lists_every_registered_model(command: str) -> None:
+    from recsys.models import REGISTRY
+
+    result = CliRunner().invoke(main, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert f"--model [{'|'.join([*sorted(REGISTRY), 'auto'])}]" in result.output
 
 
 def test_every_command_has_help() -> None:
@@ -203,3 +207,36 @@ def test_every_command_has_help() -> None:
     for path, command in walk(main):
         assert command.help, f"recsys {' '.join(path)} has no help text"
         assert CliRunner().invoke(main, [*path, "--help"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args", [["show", "user", "{user}"], ["show", "item", "{item}"], ["runs", "-v"]]
+)
+def test_output_into_a_closed_pipe_ends_quietly(two_runs, args) -> None:
+    """`recsys show user 1 | head -2`: once the reader has gone, exit 0 with nothing on stderr.
+    The read end is closed before the command writes, so every write meets a closed pipe."""
+    args = [a.format(user=two_runs.user_id, item=two_runs.item_id) for a in args]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([RECSYS, *args, "--database", str(two_runs.database)],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_output_piped_into_head_shell(two_runs) -> None:
+    """The issue's own pipeline, through a shell: exit status of recsys 0, first line shown."""
+    db = str(two_runs.database)
+    result = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$0" runs -v --database "$1" | head -1; '
+         '"$0" show user "$2" --database "$1" | head -2', RECSYS, db, str(two_runs.user_id)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].lstrip().startswith("run_id")
+    assert lines[1].startswith(f"user {two_runs.user_id}:")

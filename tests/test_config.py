@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys.config import Config, load_config, to_toml
+from recsys.config import Config, load_config, to_toml, toml_value
 from recsys.errors import ConfigError, MissingInputError
 
 
@@ -64,3 +64,96 @@ def test_shown_config_round_trips(tmp_path: Path) -> None:
 def test_shipped_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parent.parent / "recsys.toml"
     assert load_config(example, environ={}).output.database == "warehouse/recs.duckdb"
+
+
+def shown(args: list[str], env: dict[str, str] | None = None) -> str:
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+
+    result = CliRunner().invoke(main, ["config", "show", *args], env=env)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def origins(text: str) -> dict[str, tuple[str, str]]:
+    """section.key -> (value, origin) from `config show --origin` lines."""
+    found, section = {}, ""
+    for line in text.splitlines():
+        if line.startswith("["):
+            section = line.split("]")[0][1:]
+        elif " = " in line:
+            key, rest = line.split(" = ", 1)
+            value, _, origin = rest.partition("  # ")
+            found[f"{section}.{key}"] = (value.strip(), origin.strip())
+    return found
+
+
+def test_config_show_origin_names_default_file_env_and_option(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[scoring]\ntop_n = 7\n[output]\nkeep_archives = 2\n")
+    text = shown(["--config", str(path), "--origin", "--seed", "5"],
+                 env={"RECSYS_OUTPUT_KEEP_ARCHIVES": "3"})  # fmt: skip
+    found = origins(text)
+    assert found["scoring.top_n"] == ("7", f"file {path}")
+    assert found["output.keep_archives"] == ("3", "env RECSYS_OUTPUT_KEEP_ARCHIVES")
+    assert found["training.seed"] == ("5", "option")
+    assert found["scoring.dtype"] == ('"float32"', "default")
+    keys = {f"{s}.{k}" for s, values in Config().to_dict().items() for k in values}
+    assert keys - {"model.params"} <= set(found)
+
+
+def test_config_show_origin_gives_every_models_effective_parameters(tmp_path: Path) -> None:
+    from recsys.models import REGISTRY
+
+    path = tmp_path / "c.toml"
+    path.write_text("[model]\ndim = 24\ncandidates = ['bpr', 'fm']\n"
+                    "[model.params.fm]\nlr = 0.5\nepochs = 3\n")  # fmt: skip
+    text = shown(["--config", str(path), "--origin"])
+    found = origins(text)
+    assert "params = " not in text  # the tables replace the bare dict
+    for name, cls in REGISTRY.items():
+        for key, default in cls.DEFAULTS.items():
+            value, origin = found[f"model.params.{name}.{key}"]
+            if name == "fm" and key in ("lr", "epochs"):
+                assert (value, origin) == ({"lr": "0.5", "epochs": "3"}[key], f"file {path}")
+            elif key == "dim":
+                assert (value, origin) == ("24", f"model.dim (file {path})")
+            else:
+                assert (value, origin) == (toml_value(default), f"default of {name}")
+    assert "[model.params.fm]  # trained by this config" in text
+    assert "[model.params.deepfm]  # not trained by this config" in text
+
+    # What it prints loads back as the same run: the same values, every parameter explicit.
+    again = tmp_path / "again.toml"
+    again.write_text(text)
+    reloaded = load_config(again, environ={})
+    original = load_config(path, environ={})
+    assert reloaded.scoring == original.scoring and reloaded.model.dim == original.model.dim
+    from recsys.pipeline import model_params
+
+    for name, cls in REGISTRY.items():
+        assert {**cls.DEFAULTS, **model_params(reloaded, name)} == {
+            **cls.DEFAULTS,
+            **model_params(original, name),
+        }
+
+
+def test_config_show_origin_flags_a_parameter_no_model_has(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[model.params.bpr]\nlearning_rate = 0.1\n")
+    found = origins(shown(["--config", str(path), "--origin"]))
+    assert found["model.params.bpr.learning_rate"] == (
+        "0.1",
+        f"file {path}; unknown to bpr: a run refuses it",
+    )
+
+
+def test_shipped_config_lists_every_key_with_its_default() -> None:
+    """recsys.toml is the reference: exactly the sections and keys the config knows, each set
+    to its default value (a key added to the code must be added there, and vice versa)."""
+    import tomllib
+
+    with (Path(__file__).resolve().parent.parent / "recsys.toml").open("rb") as fh:
+        shipped = tomllib.load(fh)
+    assert shipped == Config().to_dict()

@@ -524,7 +524,8 @@ def test_failed_gate_publishes_nothing_and_says_why(kit: Kit, db: Path) -> None:
     assert job.wait() == 65, job.stderr
     reason = (
         f"quality gate failed: row count {4 * old.num_rows} is 4.00x the last published run's "
-        f"{old.num_rows} (allowed 1/3..3, gate.max_row_ratio); nothing was published"
+        f"{old.num_rows} (allowed 1/3..3, gate.max_row_ratio); nothing was published (if the "
+        "change is intended, publish it with --force-publish REASON)"
     )
     assert job.stderr.strip().splitlines()[-1] == f"error: {reason}"
     assert checksum(db) == before and leftovers(db) == []

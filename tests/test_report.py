@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -17,11 +16,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import duckdb
+import matplotlib.image
+import polars as pl
 import pytest
 
 from recsys import report
 from recsys.config import OutputConfig
 from recsys.warehouse import open_read_only
+from scripts import report_screenshot
 from tests.conftest import TwoRuns, read_table, run_cli
 
 SECTIONS = ("run", "model-choice", "history", "recommended", "activity")
@@ -82,17 +84,17 @@ class Page(HTMLParser):
             self.images.append(values.get("src", ""))
 
 
-def check_self_contained_html(path: Path) -> Page:
+def check_self_contained_html(path: Path, images: int = 6) -> Page:
     """Valid, balanced HTML with every section; every image inline and a valid SVG; nothing
-    that a browser would fetch from the network."""
+    that a browser would fetch from the network. Charts (`images`): timings, candidates,
+    history (from a second run on), popularity, scores, activity; lists of one length and a
+    single path are sentences instead."""
     text = path.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>")
     page = Page(text)
     assert not page.errors, page.errors[:5]
     assert set(SECTIONS) <= page.ids
-    assert (
-        len(page.images) >= 6
-    )  # timings, candidates, history, popularity, sources, lists, activity
+    assert len(page.images) == images
     for tag, attribute, value in page.resources:
         assert not value.lower().startswith(("http://", "https://", "//")), (tag, attribute, value)
         if tag in FETCHING and attribute == FETCHING[tag]:
@@ -202,7 +204,7 @@ def test_report_of_an_archived_run_and_of_an_unknown_one(two_runs: TwoRuns, tmp_
         "report", "--database", str(two_runs.database), "--run", first, "--out", str(out)
     )
     assert result.returncode == 0, result.stderr
-    page = check_self_contained_html(out)
+    page = check_self_contained_html(out, images=5)  # its history had one run
     assert f"Run {first} published" in page.text
     assert str(two_runs.database.parent / "archive" / f"{first}.duckdb") in page.text
     assert "catalogue coverage" in page.text  # its own recommendations, from the archive
@@ -254,30 +256,34 @@ print("no torch")
 
 
 def test_report_screenshot_in_a_headless_browser(two_runs: TwoRuns, tmp_path: Path) -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    """`make report-screenshot`: the whole page, however tall, from its top to its footer."""
+    browser = report_screenshot.find_browser()
     if browser is None:
         pytest.skip("no chromium on PATH: the headless-browser screenshot needs one")
     shot = tmp_path / "report.png"
     latest = two_runs.database.parent / "report-latest.html"
-    screenshot(browser, latest, shot, (1280, 2400))
-    header = shot.read_bytes()[:24]
+    height = report_screenshot.full_page(browser, latest, shot, width=1280, tallest=12000)
+    width, png_height = png_size(shot)
+    assert (width, png_height) == (1280, height)
+    assert 2400 < height < 12000  # taller than the old fixed window; trimmed below the footer
+    pixels = matplotlib.image.imread(shot)
+    assert report_screenshot.content_height(pixels) == height - report_screenshot.MARGIN
+    assert shot.stat().st_size > 50_000  # drawn, not a blank page
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", header[16:24])
-    assert (width, height) == (1280, 2400)
-    assert shot.stat().st_size > 20_000  # drawn, not a blank page
+    return struct.unpack(">II", header[16:24])
 
 
-def screenshot(browser: str, page: Path, out: Path, size: tuple[int, int]) -> None:
-    """A screenshot of `page` taken offline (no network, no first-run or sync traffic)."""
-    profile = out.parent / "chromium-profile"
-    result = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={out}",
-         f"--window-size={size[0]},{size[1]}", page.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0 and out.exists(), result.stderr[-2000:]
+def test_readme_screenshot_is_the_whole_report() -> None:
+    """docs/report.png is not cut at a window edge: it ends in blank page below the footer."""
+    shot = Path(__file__).resolve().parent.parent / "docs" / "report.png"
+    width, height = png_size(shot)
+    pixels = matplotlib.image.imread(shot)
+    assert width == 1280
+    assert report_screenshot.content_height(pixels) == height - report_screenshot.MARGIN
 
 
 # -------------------------------------------------------------------------- in process
@@ -347,3 +353,93 @@ def test_selection_metric_comes_from_the_run_message() -> None:
         None,
     )
     assert report.selection_of("", ("ndcg", 10)) == ("ndcg", 10)
+
+
+# ------------------------------------------------------------------ what the charts carry
+
+
+def alts(html_text: str) -> list[str]:
+    return re.findall(r'<img src="data:[^"]*" alt="([^"]*)"', html_text)
+
+
+def svg_texts(html_text: str, alt: str = "") -> str:
+    """The text drawn inside every chart (whose alt text starts with `alt`)."""
+    images = re.findall(r'<img src="data:image/svg\+xml;base64,([^"]*)" alt="([^"]*)"', html_text)
+    return " ".join(
+        "".join(ET.fromstring(base64.b64decode(src)).itertext())
+        for src, text in images
+        if text.startswith(alt)
+    )
+
+
+@pytest.fixture
+def data(two_runs: TwoRuns) -> report.ReportData:
+    with open_read_only(two_runs.database) as con:
+        return report.load_report_data(con, "x.duckdb", two_runs.run_ids[1], True)
+
+
+def test_charts_that_cannot_carry_information_are_sentences(data: report.ReportData) -> None:
+    one_length = data.list_lengths.head(1)
+    one_path = data.sources.head(1).with_columns(share_of_users=1.0)
+    first_run = data.history.filter(data.history["run_id"] == data.history["run_id"].min())
+    text = report.render_html(
+        dataclasses.replace(data, list_lengths=one_length, sources=one_path, history=first_run)
+    )
+    page = Page(text)
+    assert not page.errors
+    shown = alts(text)
+    assert not [a for a in shown if "list lengths" in a or "path" in a or "over the last" in a]
+    assert "distribution of scores" in shown
+    assert f"Every user's list has {one_length['list_length'][0]} items." in page.text
+    assert f"Every user ({one_path['num_users'][0]:,}) was served by the model path" in page.text
+    assert "Only one published run so far: a history needs two points" in page.text
+
+    # With two runs, a metric that has one value so far is named, not drawn.
+    history = data.history.filter(
+        (data.history["metric"] != "hitrate") | (data.history["run_id"] == data.run["run_id"])
+    )
+    text = report.render_html(dataclasses.replace(data, history=history))
+    assert "Not drawn, with one value so far: hitrate@10." in Page(text).text
+    drawn = svg_texts(text, "validation metrics of the served model over the last runs")
+    assert "ndcg@10" in drawn and "hitrate" not in drawn
+
+
+def test_timings_are_apart_from_quality(data: report.ReportData) -> None:
+    assert "train_seconds" in set(data.candidates["metric"])  # recorded as a metric row...
+    text = report.render_html(data)
+    page = Page(text)
+    assert "Time to train (not a quality metric)" in page.text
+    validation_table = text.split("<th>validation</th>")[1].split("</table>")[0]
+    assert "train_seconds" not in validation_table and "train seconds" not in validation_table
+    assert "train_seconds" not in svg_texts(text)  # ... but never charted as quality
+
+
+def test_publish_is_in_the_phase_chart(two_runs: TwoRuns) -> None:
+    """The served file's own runs row is written during its publish; the ledger has the time."""
+    run_id = two_runs.run_ids[1]
+    own = read_table(two_runs.database, f"select timings from runs where run_id = '{run_id}'")
+    assert "publish" not in own["timings"][0]
+    _, text = report.build_report(two_runs.database)
+    (phases,) = [a for a in alts(text) if a.startswith("seconds per phase")]
+    assert re.search(r"publish \d+\.\ds", phases), phases
+
+
+def test_the_two_coverage_figures_are_explained(data: report.ReportData) -> None:
+    page = Page(report.render_html(data))
+    assert "items in the served top-10 list of at least one user" in page.text
+    assert "coverage@10 is the share of the training catalogue found in the lists" in page.text
+
+
+def test_small_activity_buckets_are_marked(data: report.ReportData) -> None:
+    activity = data.activity.with_columns(
+        num_users=pl.when(pl.col("min_history") == pl.col("min_history").min())
+        .then(3)
+        .otherwise(pl.col("num_users"))
+    )
+    small = activity.filter(pl.col("num_users") == 3)["bucket"][0]
+    text = report.render_html(dataclasses.replace(data, activity=activity))
+    page = Page(text)
+    assert f"{small} 3 *" in page.text
+    assert "Fewer than 30 users: too few to read" in page.text
+    assert "3 users *" in svg_texts(text, "validation NDCG by user activity")
+    assert "Whiskers: ±1.96·√(m(1−m)/n)" in page.text

@@ -1,13 +1,10 @@
 """The chunked scorer equals a dense brute-force top-N for every chunk size, dtype and path."""
 
-import logging
-
 import numpy as np
 import pytest
 import torch
 
 from recsys import score
-from recsys.progress import Progress
 from recsys.score import (
     BYTES_PER_SCORE,
     FactorScorer,
@@ -207,11 +204,3 @@ def test_cuda_half_precision_equals_cpu_float32(dtype) -> None:
     cuda = torch.device("cuda")
     chunks = list(top_n(FactorScorer(user.to(cuda), item.to(cuda), dtype), 10, seen, device=cuda))
     _assert_top_n(chunks, _dense(user, item, seen_sets), 10, range(200), seen_sets)
-
-
-def test_progress_logs_rate_and_eta_when_not_a_terminal(caplog) -> None:
-    caplog.set_level(logging.INFO, logger="recsys.progress")
-    progress = Progress(100, "scoring users", interval_s=0.0)
-    progress.tty = False
-    progress.update(40)
-    assert "40/100 users" in caplog.text and "/s, ETA" in caplog.text

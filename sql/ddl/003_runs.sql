@@ -14,5 +14,6 @@ create table if not exists runs (
     code_version varchar,
     seed bigint,
     message varchar,  -- why a run failed, or what it chose
-    timings varchar  -- JSON: seconds per phase
+    timings varchar,  -- JSON: seconds per phase
+    force_publish varchar  -- the reason given to --force-publish; NULL when not given
 );
