@@ -41,18 +41,18 @@ def database_option(f: Callable) -> Callable:
 
 
 class ModelChoice(click.Choice):
-    """The registered model names and `auto`, read from recsys.models.REGISTRY only when Click
-    needs them (a --model given, --help): the registry imports torch, which commands that never
-    see --model must not wait for."""
+    """The model names a user may ask for and `auto`, read from recsys.models.SELECTABLE only
+    when Click needs them (a --model given, --help): the registry imports torch, which commands
+    that never see --model must not wait for."""
 
     def __init__(self) -> None:
         super().__init__((), case_sensitive=True)
 
     @property
     def choices(self) -> tuple[str, ...]:  # type: ignore[override]
-        from recsys.models import REGISTRY
+        from recsys.models import SELECTABLE
 
-        return (*sorted(REGISTRY), "auto")
+        return (*SELECTABLE, "auto")
 
     @choices.setter
     def choices(self, value: tuple[str, ...]) -> None:

@@ -38,12 +38,12 @@ def show(config_path, interactions, database, model, top_n, seed, origin) -> Non
 def effective_model_params(config: Config) -> ModelParams:
     """Every registered model's hyper-parameters: its class's DEFAULTS, then model.dim, then
     [model.params.NAME], exactly as the run merges them, each with where it came from."""
-    from recsys.models import REGISTRY  # imports torch: only for --origin
-    from recsys.pipeline import model_params
+    from recsys.models import SELECTABLE, model_class  # imports torch: only for --origin
+    from recsys.select import model_params
 
     trained = config.model.candidates if config.model.name == "auto" else [config.model.name]
     tables: ModelParams = {}
-    for name, cls in sorted(REGISTRY.items()):
+    for name, cls in ((n, model_class(n)) for n in SELECTABLE):
         given = config.model.params.get(name, {})
         merged = {**cls.DEFAULTS, **model_params(config, name)}
         params = {}

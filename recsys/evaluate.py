@@ -267,10 +267,12 @@ def evaluate_all(
     device: torch.device,
     positive_threshold: float,
     rating_range: tuple[float, float],
+    max_users: int = 0,
+    seed: int = 0,
 ) -> Evaluation:
-    """Every metric that applies: ranking at K always (also by user activity), RMSE/MAE for
-    rating models."""
-    ranking = rank_held_out(model, train, held_out, k, device, positive_threshold)
+    """Every metric that applies: ranking at K always (also by user activity; on a seeded
+    sample of `max_users` users when > 0), RMSE/MAE for rating models."""
+    ranking = rank_held_out(model, train, held_out, k, device, positive_threshold, max_users, seed)
     rows = [Metric(model.name, name, k, value) for name, value in ranking.metrics.items()]
     if train.has_ratings and model.predicts_ratings:
         for name, value in evaluate_ratings(model, held_out, device, *rating_range).items():

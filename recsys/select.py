@@ -46,8 +46,9 @@ from recsys.tune import Tuned, tune
 
 log = logging.getLogger(__name__)
 
-# Users sampled per tuning trial's ranking evaluation (all of them for the final metrics).
+# Users sampled per tuning trial's ranking evaluation, and for a candidate's recorded metrics.
 TRIAL_MAX_USERS = 10_000
+EVALUATION_MAX_USERS = 50_000
 # Blend weights tried for the best candidate (the runner-up gets the rest).
 BLEND_WEIGHTS = tuple(np.round(np.arange(0.1, 1.0, 0.1), 2))
 
@@ -173,7 +174,8 @@ class Validation:
 
     def evaluate(self, model: Recommender) -> tuple[list[Metric], list[ActivityMetric]]:
         evaluation = evaluate_all(model, self.train, self.valid, self.k, self.device,
-                                  self.threshold, self.rating_range)  # fmt: skip
+                                  self.threshold, self.rating_range, EVALUATION_MAX_USERS,
+                                  self.config.training.seed)  # fmt: skip
         rows = evaluation.metrics
         if self.metric == "auc":
             rows.append(Metric(model.name, "auc", None, self.value(model)))

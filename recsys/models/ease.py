@@ -49,9 +49,9 @@ class EASE(ItemItemModel):
         )
 
     def fit_items(self, matrix: sp.csr_matrix) -> None:
-        # float64 Gram and Cholesky where it fits in 2 GB; float32 beyond (reg keeps it
-        # well conditioned).
-        dtype = np.float64 if self.num_items <= 16_000 else np.float32
+        # float64 where it is cheap; float32 beyond (twice as fast, half the memory; reg keeps
+        # X'X + reg I well conditioned).
+        dtype = np.float64 if self.num_items <= 4_000 else np.float32
         gram = torch.from_numpy((matrix.T @ matrix).toarray().astype(dtype))  # (I, I)
         gram.diagonal().add_(float(self.hparams["reg"]))
         inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))  # P
