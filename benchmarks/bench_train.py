@@ -31,7 +31,7 @@ CANDIDATES = ("popularity", "ease", "itemknn", "ials")
 
 def generate(num_users: int, num_items: int, per_user: int, seed: int = 0) -> pl.DataFrame:
     """user_id, item_id, timestamp: each user's first half from cluster A, second half from
-    cluster B (70% in-cluster, 30% by popularity); Zipf-like popularity (exponent 0.9)."""
+    cluster B (70% in-cluster, Zipf-like within it; 30% by global Zipf-like popularity)."""
     rng = np.random.default_rng(seed)
     clusters = max(num_items // 200, 2)
     size = num_items // clusters
@@ -42,7 +42,8 @@ def generate(num_users: int, num_items: int, per_user: int, seed: int = 0) -> pl
     cluster = np.concatenate(
         [np.repeat(first[:, None], half, 1), np.repeat(second[:, None], per_user - half, 1)], 1
     )
-    items = cluster * size + rng.integers(0, size, (num_users, per_user))
+    within = 1.0 / np.arange(1, size + 1) ** 1.0  # popular within the cluster too
+    items = cluster * size + rng.choice(size, (num_users, per_user), p=within / within.sum())
     popular = rng.random((num_users, per_user)) < 0.3
     items[popular] = rng.choice(num_items, int(popular.sum()), p=popularity)
     start = rng.integers(1_500_000_000, 1_600_000_000, num_users)
