@@ -141,9 +141,10 @@ def blend_ndcg(
     truth: HeldOut,
     k: int,
     device: torch.device,
-) -> list[float]:
-    """NDCG@k of the blend of two members at each weight of the first (the second gets the
-    rest), scoring each member once per chunk of users rather than once per weight."""
+) -> list[np.ndarray]:
+    """Per-user NDCG@k (truth.users' order) of the blend of two members at each weight of the
+    first (the second gets the rest), scoring each member once per chunk of users rather than
+    once per weight."""
     scorers = [scorer_for(m, device) for m in members]
     hits: list[list[np.ndarray]] = [[] for _ in weights]
     relevant = []
@@ -164,7 +165,7 @@ def blend_ndcg(
                                budget_bytes=2**62):  # fmt: skip
                 hits[i].append(truth.hits(chunk))
     num_relevant = np.concatenate(relevant)
-    return [metrics.ranking_metrics(np.concatenate(h), num_relevant, k)["ndcg"] for h in hits]
+    return [metrics.ndcg_per_user(np.concatenate(h), num_relevant, k) for h in hits]
 
 
 class _Fixed(BlockScorer):

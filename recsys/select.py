@@ -49,8 +49,10 @@ log = logging.getLogger(__name__)
 # Users sampled per tuning trial's ranking evaluation, and for a candidate's recorded metrics.
 TRIAL_MAX_USERS = 10_000
 EVALUATION_MAX_USERS = 50_000
-# Blend weights tried for the best candidate (the runner-up gets the rest).
+# Blend weights tried for the best candidate (the runner-up gets the rest), and how clearly a
+# blend must beat the better of the two on validation (paired t over users) to be served.
 BLEND_WEIGHTS = tuple(np.round(np.arange(0.1, 1.0, 0.1), 2))
+BLEND_MIN_T = 2.0
 
 
 def train_settings(config: Config, device: torch.device) -> TrainSettings:
@@ -320,22 +322,39 @@ def _in_workers(run, names: list[str], workers: int, stop: threading.Event) -> d
 
 def best_blend(candidates: list[Tuned], check: Validation) -> Blend | None:
     """The blend of two tuned candidates with the best weight on the holdout, when it beats
-    both of them there; else None. Ranking metrics sweep every weight in one pass."""
+    both of them there: for NDCG, by a paired t-statistic of at least BLEND_MIN_T over the
+    holdout's users against the better one (a blend that only fits validation noise loses on
+    new data); else None. Every weight is swept in one pass."""
     members = [c.model for c in candidates]
-    weights = [float(w) for w in BLEND_WEIGHTS]
+    names = " and ".join(c.name for c in candidates)
+    weights = [1.0, *(float(w) for w in BLEND_WEIGHTS), 0.0]  # the ends: each member alone
     if check.metric == "ndcg":
         truth = HeldOut(check.train, check.valid, check.threshold, TRIAL_MAX_USERS,
                         check.config.training.seed)  # fmt: skip
-        values = blend_ndcg(members, weights, truth, check.k, check.device)
+        per_user = blend_ndcg(members, weights, truth, check.k, check.device)
+        values = [float(u.mean()) for u in per_user]
     else:
-        values = [check.value(Blend.of(members, [w, 1.0 - w])) for w in weights]
-    best = max(range(len(weights)), key=lambda i: values[i] if check.maximize else -values[i])
-    best_value, best_weight = values[best], weights[best]
-    if not all(check.better(best_value, c.value) for c in candidates):
-        log.info("blend of %s: no weight beats both on validation (best %.4f at %.1f)",
-                 " and ".join(c.name for c in candidates), best_value, best_weight)  # fmt: skip
+        values = [c.value for c in candidates[:1]]
+        values += [check.value(Blend.of(members, [w, 1.0 - w])) for w in weights[1:-1]]
+        values += [candidates[1].value]
+    alone = 0 if check.better(values[0], values[-1]) else len(weights) - 1
+    best = max(
+        range(1, len(weights) - 1), key=lambda i: values[i] if check.maximize else -values[i]
+    )
+    weight, value = weights[best], values[best]
+    significance = ""
+    if check.metric == "ndcg":
+        diff = per_user[best] - per_user[alone]
+        spread = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else 0.0
+        t = diff.mean() / spread if spread > 0 else 0.0
+        significance = f", paired t = {t:.2f} over {diff.size} users"
+    if not check.better(value, values[alone]) or (significance and t < BLEND_MIN_T):
+        log.info("blend of %s: not kept (best weight %.1f: validation %s %.4f against %.4f alone%s)",
+                 names, weight, check.metric, value, values[alone], significance)  # fmt: skip
         return None
-    return Blend.of(members, [best_weight, round(1.0 - best_weight, 2)])
+    log.info("blend of %s at %.1f: validation %s %.4f against %.4f alone%s", names, weight,
+             check.metric, value, values[alone], significance)  # fmt: skip
+    return Blend.of(members, [weight, round(1.0 - weight, 2)])
 
 
 def _tuning_rows(result: Tuned) -> list[Metric]:

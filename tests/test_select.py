@@ -172,6 +172,7 @@ def test_the_blend_weight_sweep_equals_scoring_each_blend() -> None:
     members = [comparison.tuned["ease"].model, comparison.tuned["itemknn"].model]
     weights = [0.0, 0.3, 0.8]
     swept = blend_ndcg(members, weights, HeldOut(check.train, check.valid), 10, CPU)
-    for weight, value in zip(weights, swept, strict=True):
+    for weight, per_user in zip(weights, swept, strict=True):
+        value = float(per_user.mean())
         blend = Blend.of(members, [weight, 1.0 - weight])
         assert value == pytest.approx(check.value(blend), abs=1e-9)
