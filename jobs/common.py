@@ -14,11 +14,14 @@ from typing import Any
 import click
 
 from recsys import lock, logs
-from recsys.config import Config, load_config, set_option
+from recsys.config import MAX_SEED, Config, load_config, set_option, validate
 from recsys.errors import EX_SOFTWARE, RecsysError
 
 log = logging.getLogger("recsys.jobs")
 DEFAULT_CONFIG = Path("recsys.toml")
+# --seed: refused by Click (exit 2) before anything loads when numpy or the runs table
+# could not take it.
+SEED = click.IntRange(0, MAX_SEED)
 
 
 def config_option(f: Callable) -> Callable:
@@ -46,6 +49,7 @@ def build_config(config_path: str | None, overrides: dict[str, Any]) -> Config:
         if value is not None:
             section, key = dotted.split(".")
             set_option(config, section, key, value, origin=f"option for {section}.{key}")
+    validate(config)
     return config
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from jobs.common import build_config, config_option, handle_errors
+from jobs.common import SEED, build_config, config_option, handle_errors
 
 
 @click.command()
@@ -18,7 +18,7 @@ from jobs.common import build_config, config_option, handle_errors
 @click.option(
     "--k", "k", type=click.IntRange(min=1), default=None, help="Cut-off for top-N metrics."
 )
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=SEED, default=None)
 @handle_errors
 def evaluate(config_path, interactions, model, k, seed) -> None:
     """Train each candidate on each user's earlier interactions and report its metrics on
@@ -27,9 +27,10 @@ def evaluate(config_path, interactions, model, k, seed) -> None:
                                         "model.selection_k": k, "training.seed": seed})  # fmt: skip
     # torch is imported only by the commands that use it, so every other one starts fast.
     from recsys.dataset import load_dataset
-    from recsys.pipeline import compare_candidates
+    from recsys.pipeline import check_settings, compare_candidates
     from recsys.score import resolve_device
 
+    check_settings(config)
     comparison = compare_candidates(
         load_dataset(config), config, resolve_device(config.training.device)
     )

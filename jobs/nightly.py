@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from jobs.common import (
+    SEED,
     build_config,
     config_option,
     database_option,
@@ -28,7 +29,7 @@ from jobs.common import (
 )
 @click.option("--top-n", type=click.IntRange(min=1), default=None, help="Items per user.")
 @click.option(
-    "--seed", type=int, default=None, help="Seed for splits, initialisation and sampling."
+    "--seed", type=SEED, default=None, help="Seed for splits, initialisation and sampling."
 )
 @handle_errors
 def nightly(config_path, interactions, database, model, top_n, seed) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from jobs.common import build_config, config_option, handle_errors
+from jobs.common import SEED, build_config, config_option, handle_errors
 
 
 @click.command()
@@ -15,7 +15,7 @@ from jobs.common import build_config, config_option, handle_errors
     help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
 )
 @click.option("--model", default=None, help="A model name, or auto.")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=SEED, default=None)
 @click.option("--out", "out", type=click.Path(dir_okay=False), default="model.pt", show_default=True,
               help="Checkpoint file to write.")  # fmt: skip
 @handle_errors
@@ -28,9 +28,10 @@ def train(config_path, interactions, model, seed, out) -> None:
     # torch is imported only by the commands that use it, so every other one starts fast.
     from recsys.checkpoint import save_checkpoint
     from recsys.dataset import load_dataset
-    from recsys.pipeline import train_and_choose
+    from recsys.pipeline import check_settings, train_and_choose
     from recsys.score import resolve_device
 
+    check_settings(config)
     trained = train_and_choose(load_dataset(config), config, resolve_device(config.training.device))
     save_checkpoint(trained, out)
     click.echo(f"wrote {out}: {trained.selection}")

@@ -6,7 +6,9 @@ Precedence (lowest first): dataclass defaults < recsys.toml < RECSYS_SECTION_KEY
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -139,6 +141,9 @@ class GateConfig:
     max_row_ratio: float = 3.0
     # Validation metric may drop by at most this much (absolute) from the last published run.
     max_metric_drop: float = 0.05
+    # The absolute check: the served model's validation metric may be at most this share
+    # below popularity's on the same split (0.5: at least half of it).
+    max_below_popularity: float = 0.5
 
 
 @dataclass
@@ -172,6 +177,12 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
                 raw = tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError as exc:
+            line = path.read_bytes()[: exc.start].count(b"\n") + 1
+            raise ConfigError(
+                f"{path}: line {line} is not UTF-8 text (byte {exc.object[exc.start]:#04x}); "
+                "TOML files must be UTF-8"
+            ) from None
         except OSError as exc:
             raise MissingInputError(f"{path}: cannot read config ({exc.strerror})") from None
         apply_mapping(config, raw, origin=str(path))
@@ -217,24 +228,112 @@ def set_option(config: Config, section: str, key: str, value: Any, origin: str) 
         )
     hint = typing.get_type_hints(type(target))[key]
     value = coerce(value, hint, f"{origin}: [{section}] {key}")
-    least = MINIMUMS.get(f"{section}.{key}")
-    if least is not None and value < least:
-        raise ConfigError(
-            f"{origin}: [{section}] {key} = {value!r} is below {least!r}, the least that works"
-        )
+    check_range(f"{section}.{key}", value, f"{origin}: [{section}] {key}")
     setattr(target, key, value)
 
 
-# Settings the job cannot run with below these; refused up front rather than as odd results.
-MINIMUMS: dict[str, float] = {
-    "scoring.top_n": 1,
-    "scoring.similar_items_n": 0,
-    "output.keep_archives": 0,
-    "output.free_space_factor": 0.0,
-    "output.keep_reports": 0,
-    "gate.max_row_ratio": 1.0,
-    "gate.max_metric_drop": 0.0,
+@dataclass(frozen=True)
+class Range:
+    """Closed or half-open numeric bounds: what a setting must lie in to make sense."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (
+            self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        )
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return f"{'above' if self.low_open else 'at least'} {low}"
+        if self.low is None:
+            return f"{'below' if self.high_open else 'at most'} {high}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number(value: float | None) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+MAX_SEED = 2**63 - 1  # the runs table stores it as BIGINT; numpy takes no negative seeds
+# Settings the job cannot run with outside these; refused up front rather than as odd results
+# (a negative batch size trains nothing, a NaN margin turns the gate off).
+RANGES: dict[str, Range] = {
+    "source.demo_users": Range(1),
+    "source.demo_items": Range(2),
+    "source.demo_interactions_per_user": Range(1),
+    "features.numeric_buckets": Range(1),
+    "data.positive_threshold": Range(0),
+    "data.holdout_fraction": Range(0, 1, low_open=True, high_open=True),
+    "data.min_user_interactions": Range(1),
+    "model.selection_k": Range(1),
+    "model.dim": Range(0),
+    "training.batch_size": Range(1),
+    "training.patience": Range(0),
+    "training.seed": Range(0, MAX_SEED),
+    "training.threads": Range(1),
+    "scoring.top_n": Range(1),
+    "scoring.memory_budget_bytes": Range(0),
+    "scoring.similar_items_n": Range(0),
+    "output.keep_archives": Range(0),
+    "output.free_space_factor": Range(0),
+    "output.history_n": Range(0),
+    "output.keep_reports": Range(0),
+    "gate.max_row_ratio": Range(1),
+    "gate.max_metric_drop": Range(0),
+    "gate.max_below_popularity": Range(0, 1),
 }
+# Settings with a fixed set of values (devices: a CUDA index may follow, e.g. cuda:1).
+CHOICES: dict[str, str] = {
+    "training.device": r"auto|cpu|cuda(:\d+)?|mps",
+    "scoring.device": r"auto|cpu|cuda(:\d+)?|mps",
+    "scoring.dtype": r"float32|float16|bfloat16",
+}
+CHOICE_TEXT = {"training.device": "auto, cpu, cuda, cuda:N or mps",
+               "scoring.device": "auto, cpu, cuda, cuda:N or mps",
+               "scoring.dtype": "float32, float16 or bfloat16"}  # fmt: skip
+NON_EMPTY = ("columns.user", "columns.item", "columns.rating", "columns.timestamp",
+             "features.separator", "output.database")  # fmt: skip
+
+
+def check_range(dotted: str, value: Any, where: str) -> None:
+    """Refuse a value outside RANGES or CHOICES, or an empty NON_EMPTY string."""
+    allowed = RANGES.get(dotted)
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"{where} = {value!r} must be {allowed}")
+    pattern = CHOICES.get(dotted)
+    if pattern is not None and not re.fullmatch(pattern, str(value)):
+        raise ConfigError(f"{where} = {value!r} unknown (expected {CHOICE_TEXT[dotted]})")
+    if dotted in NON_EMPTY and not str(value).strip():
+        raise ConfigError(f"{where} is empty (expected a name)")
+
+
+def validate(config: Config) -> None:
+    """Every setting in range, and the ones that depend on each other consistent: called once
+    all sources (defaults, file, environment, options) are applied, before any work."""
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"[{section.name}] {f.name} = {value!r} must be a finite number")
+            check_range(f"{section.name}.{f.name}", value, f"[{section.name}] {f.name}")
+    data = config.data
+    if not data.min_rating < data.max_rating:
+        raise ConfigError(
+            f"[data] min_rating = {data.min_rating:g} must be below max_rating = {data.max_rating:g}"
+        )
+    if data.positive_threshold > data.max_rating:
+        raise ConfigError(
+            f"[data] positive_threshold = {data.positive_threshold:g} is above max_rating = "
+            f"{data.max_rating:g}, so no rating would count as positive"
+        )
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
@@ -278,9 +377,12 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, found {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, found {value!r}") from None
+        if not math.isfinite(number):  # nan would switch off every comparison made with it
+            raise ConfigError(f"{where}: expected a finite number, found {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a string, found {value!r}")

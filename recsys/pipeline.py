@@ -16,7 +16,7 @@ import torch
 
 from recsys import __version__, faults, gate, logs, report, shard
 from recsys.checkpoint import TrainedModel, load_checkpoint
-from recsys.config import Config
+from recsys.config import Config, validate
 from recsys.data.interactions import Interactions
 from recsys.data.split import temporal_split
 from recsys.dataset import Dataset, load_dataset
@@ -25,7 +25,7 @@ from recsys.errors import ConfigError, DataError, QualityGateError, RecsysError
 from recsys.evaluate import ActivityMetric, Metric, activity_frame, evaluate_all, metrics_frame
 from recsys.ledger import now_iso
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
-from recsys.models import build_model, model_class
+from recsys.models import REGISTRY, build_model, model_class
 from recsys.models.base import Recommender
 from recsys.models.fm import feature_args
 from recsys.recommend import (
@@ -34,7 +34,7 @@ from recsys.recommend import (
     similar_items_skipped,
 )
 from recsys.score import SeenMatrix, resolve_device, scoring_dtype
-from recsys.train import TrainSettings, fit
+from recsys.train import LOSSES, TrainSettings, fit
 from recsys.warehouse import StagedDatabase, Warehouse, duckdb_type
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,28 @@ def model_params(config: Config, name: str) -> dict:
     if config.model.dim and "dim" in model_class(name).DEFAULTS and "dim" not in params:
         params["dim"] = config.model.dim
     return params
+
+
+def check_settings(config: Config) -> None:
+    """Everything about the settings that can be refused before any data is read: ranges,
+    model names, the selection metric, and every [model.params.NAME] table (each key's type
+    and range), whether or not that model is a candidate this time."""
+    validate(config)
+    names = candidate_names(config)
+    for name in config.model.params:
+        if name not in REGISTRY:
+            raise ConfigError(
+                f"[model.params.{name}]: unknown model '{name}' "
+                f"(expected one of: {', '.join(sorted(REGISTRY))})"
+            )
+    for name in dict.fromkeys([*names, *config.model.params]):
+        params = model_class(name).checked_hparams(model_params(config, name))
+        loss = params.get("loss")
+        if loss is not None and loss not in LOSSES:
+            raise ConfigError(
+                f"model '{name}': [model.params.{name}] loss = {loss!r} unknown "
+                f"(expected one of: {', '.join(LOSSES)})"
+            )
 
 
 def new_model(name: str, dataset: Dataset, config: Config) -> Recommender:
@@ -511,6 +533,8 @@ def run_job(
 
 
 def nightly(config: Config, run_id: str | None = None) -> RunSummary:
+    check_settings(config)
+
     def make_trained(timer: Timer) -> TrainedModel:
         device = resolve_device(config.training.device)
         with timer.phase("load"):

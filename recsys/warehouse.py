@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import queue
-import re
 import shutil
 import threading
 from collections.abc import Iterable, Iterator
@@ -25,7 +24,7 @@ import pyarrow as pa
 
 from recsys import faults
 from recsys.errors import MissingInputError, NoSpaceError, RecsysError, ServedBusyError
-from recsys.ledger import Ledger, new_run_id
+from recsys.ledger import Ledger, is_run_id, new_run_id
 from recsys.lock import RunLock, is_held, lock_path
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,6 @@ WRITE_QUEUE_DEPTH = 4
 # Rows per INSERT: batches are gathered up to this; each INSERT has a fixed cost (~5 ms) that
 # at scoring-chunk sizes (~25k rows) cost as much as the rows themselves.
 INSERT_ROWS = 1 << 20
-# What a run id may hold: it is written into the DDL of the run's tables (their run_id column).
-RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def duckdb_type(dtype: pl.DataType) -> str:
@@ -188,7 +185,7 @@ class StagedDatabase:
     """A new database being built in the staging folder; closed before the gate reads it."""
 
     def __init__(self, path: Path, user_type: str, item_type: str, run_id: str) -> None:
-        if not RUN_ID.fullmatch(run_id):
+        if not is_run_id(run_id):
             raise ValueError(f"run id {run_id!r}: expected letters, digits, '.', '_' or '-'")
         self.path = path
         with no_space_is_exit_73(path.parent):

@@ -69,3 +69,17 @@ def test_dead_runs_become_abandoned_or_published_when_served(tmp_path: Path) -> 
     )
     assert ledger.served_run_id() == "C"
     assert ledger.mark_abandoned(None) == []  # nothing is running any more
+
+
+def test_a_line_without_a_text_run_id_is_ignored_not_fatal(tmp_path: Path) -> None:
+    """Issue 13, item 13: one hand-edited line used to stop every later run and `recsys runs`."""
+    ledger = Ledger(tmp_path / "runs.jsonl")
+    ledger.append("A", status="published")
+    with ledger.path.open("a") as fh:
+        for bad in ({"run_id": 7, "status": "published"}, {"run_id": None}, {"run_id": ["x"]},
+                    {"run_id": "../../etc"}, ["A"], "text", {"status": "published"}):  # fmt: skip
+            fh.write(json.dumps(bad) + "\n")
+    ledger.append("B", status="running")
+    assert [r["run_id"] for r in ledger.runs()] == ["A", "B"]
+    assert ledger.last_run_id() == "B" and ledger.served_run_id() == "A"
+    assert new_run_id(after=ledger.last_run_id())

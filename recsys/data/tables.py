@@ -6,6 +6,7 @@ callers convert the columns they need with errors that name the file, column and
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ U_ITEM_GENRES = [
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
     "Romance", "Sci-Fi", "Thriller", "War", "Western",
 ]  # fmt: skip
+# GroupLens ships the MovieLens files in Latin-1 (titles such as "Misérables").
+MOVIELENS_ENCODING = "latin-1"
 DUPLICATE_SUFFIX = re.compile(r"^(.*)_duplicated_\d+$")
 
 
@@ -96,7 +99,7 @@ def read_table(spec: str, delimiter: str = "") -> tuple[pl.DataFrame, TableSourc
         frame = _read_u_item(source.path)
     elif source.kind in MOVIELENS_LAYOUTS:
         sep, names = MOVIELENS_LAYOUTS[source.kind]
-        frame = _read_delimited(source.path, sep, names)
+        frame = _read_delimited(source.path, sep, names, MOVIELENS_ENCODING)
     else:
         sep = delimiter or ("\t" if source.path.suffix.lower() == ".tsv" else _sniff(source.path))
         frame = _read_delimited(source.path, sep, None)
@@ -120,19 +123,26 @@ def _sniff(path: Path) -> str:
     return best if counts[best] else ","
 
 
-def _read_delimited(path: Path, sep: str, names: list[str] | None) -> pl.DataFrame:
+def _read_delimited(
+    path: Path, sep: str, names: list[str] | None, encoding: str = "utf-8"
+) -> pl.DataFrame:
+    """Every column as text. UTF-8 files are checked first, so that an ID in another encoding
+    is refused with its line instead of merged with others as U+FFFD; the MovieLens layouts
+    are Latin-1, as GroupLens ships them."""
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (expected a header and rows)")
+    if encoding == "utf-8":
+        check_utf8(path)
     try:
-        if len(sep) > 1:  # polars takes one-byte separators; MovieLens-1M uses '::'
-            text = path.read_text(encoding="latin-1").replace(sep, "\x1f")
+        if len(sep) > 1 or encoding != "utf-8":  # polars takes one-byte separators and UTF-8
+            text = path.read_text(encoding=encoding).replace(sep, "\x1f")
             return pl.read_csv(
-                text.encode(), separator="\x1f", has_header=False, new_columns=names,
+                text.encode(), separator="\x1f", has_header=names is None, new_columns=names,
                 infer_schema=False, quote_char=None,
             )  # fmt: skip
         return pl.read_csv(
             path, separator=sep, has_header=names is None, new_columns=names,
-            infer_schema=False, quote_char=None if names else '"', encoding="utf8-lossy",
+            infer_schema=False, quote_char=None if names else '"', encoding="utf8",
         )  # fmt: skip
     except pl.exceptions.NoDataError:
         raise DataError(f"{path}: file is empty (expected a header and rows)") from None
@@ -140,10 +150,31 @@ def _read_delimited(path: Path, sep: str, names: list[str] | None) -> pl.DataFra
         raise DataError(f"{path}: cannot parse as delimited text ({_first_line(exc)})") from None
 
 
+def check_utf8(path: Path) -> None:
+    """Refuse a file that is not UTF-8, naming the first line that is not (read in chunks:
+    the check costs one pass over the file, not a copy of it in memory)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:  # exc.object: this chunk after <= 3 held bytes
+                line += exc.object[: exc.start].count(b"\n")
+                raise DataError(
+                    f"{path}: line {line} is not UTF-8 text (byte {exc.object[exc.start]:#04x}); "
+                    "save the file as UTF-8, e.g. with iconv -f latin1 -t utf-8"
+                ) from None
+            if not chunk:
+                return
+            line += chunk.count(b"\n")
+
+
 def _read_u_item(path: Path) -> pl.DataFrame:
     """MovieLens-100K u.item: id|title|release|video_release|url|19 genre flags."""
     names = ["item_id", "title", "release_date", "video_release_date", "url", *U_ITEM_GENRES]
-    raw = _read_delimited(path, "|", names)
+    raw = _read_delimited(path, "|", names, MOVIELENS_ENCODING)
     flags = [pl.when(pl.col(g) == "1").then(pl.lit(g)) for g in U_ITEM_GENRES]
     return raw.select(
         "item_id",
