@@ -15,7 +15,7 @@ from jobs.common import build_config, config_option, database_option, handle_err
 @click.option("--run", "run_id", default=None,
               help="Run id (`recsys runs` lists them; default: the served run).")  # fmt: skip
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="HTML file to write (default: report-<run_id>.html in output.report_dir).")  # fmt: skip
+              help="HTML file to write (default: <name>.report-<run_id>.html in output.report_dir).")  # fmt: skip
 @handle_errors
 def report(config_path, database, run_id, out) -> None:
     """Write one self-contained HTML file: the run, the model choice, metric history, what is

@@ -482,7 +482,7 @@ def run_job(
     warehouse = Warehouse(
         config.output.database, config.output.keep_archives, config.output.free_space_factor
     )
-    log_dir = Path(config.output.log_dir) if config.output.log_dir else warehouse.dir / "logs"
+    log_dir = Path(config.output.log_dir) if config.output.log_dir else warehouse.paths.logs
     faults.point("starting")
     with warehouse.lock(run_id) as run_id, logs.run_log(log_dir / f"{run_id}.log", run_id):
         started_at = now_iso()

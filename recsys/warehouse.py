@@ -1,7 +1,7 @@
 """The served DuckDB file and the build-aside protocol that replaces it (DESIGN.md).
 
-The job never writes the file readers open: it builds `<dir>/.staging/<run_id>.duckdb`,
-checks it, hard-links it into `archive/`, then `os.replace`s it over the served file.
+The job never writes the file readers open: it builds `<dir>/.<name>.staging/<run_id>.duckdb`,
+checks it, hard-links it into `<name>.archive/`, then `os.replace`s it over the served file.
 Readers open the served file read-only and see the old run or the new one, never a mix.
 """
 
@@ -25,7 +25,8 @@ import pyarrow as pa
 from recsys import faults
 from recsys.errors import MissingInputError, NoSpaceError, RecsysError, ServedBusyError
 from recsys.ledger import Ledger, is_run_id, new_run_id
-from recsys.lock import RunLock, is_held, lock_path
+from recsys.lock import RunLock, is_held
+from recsys.state import state_paths
 
 log = logging.getLogger(__name__)
 
@@ -231,24 +232,26 @@ class StagedDatabase:
 
 
 class Warehouse:
-    """The served file, its lock, staging folder, archive and ledger."""
+    """The served file, its lock, staging folder, archive and ledger (all its own:
+    `recsys.state`)."""
 
     def __init__(
         self, database: str | Path, keep_archives: int = 5, free_space_factor: float = 2.0
     ) -> None:
-        self.served = Path(database).resolve()
+        self.paths = state_paths(database)
+        self.served = self.paths.served
         self.dir = self.served.parent
-        self.lock_path = lock_path(self.served)
-        self.staging_dir = self.dir / ".staging"
-        self.archive_dir = self.dir / "archive"
-        self.ledger = Ledger(self.dir / f"{self.served.stem}.runs.jsonl")
+        self.lock_path = self.paths.lock
+        self.staging_dir = self.paths.staging
+        self.archive_dir = self.paths.archive
+        self.ledger = Ledger(self.paths.ledger)
         self.keep_archives = keep_archives
         self.free_space_factor = free_space_factor
         self._lock: RunLock | None = None
 
     @contextlib.contextmanager
     def lock(self, run_id: str | None = None) -> Iterator[str]:
-        """Hold `<dir>/nightly.lock` (non-blocking; exit 75 when held), clear what killed runs
+        """Hold the database's lock (non-blocking; exit 75 when held), clear what killed runs
         left behind, and yield the run id: a new one is made only now, under the lock, so
         that published run ids never go backwards however runs overlap."""
         held = RunLock(self.lock_path)
@@ -268,10 +271,11 @@ class Warehouse:
         a kill: runs still 'running' are dead (published if the served file is theirs, else
         abandoned, and their archive copy goes: it was never served); a rollback killed after
         its replace is recorded; staging files are garbage."""
+        self.adopt_legacy_archives()
         served = self.served_row()
         for run_id in self.ledger.mark_abandoned(served):
             log.warning("run %s was abandoned (killed before finishing)", run_id)
-            (self.archive_dir / f"{run_id}.duckdb").unlink(missing_ok=True)
+            self.paths.archived(run_id).unlink(missing_ok=True)
         if served and self.ledger.served_run_id() != served["run_id"]:
             log.warning("run %s is served but the ledger missed it (a rollback was killed after "
                         "its replace); recording it", served["run_id"])  # fmt: skip
@@ -284,6 +288,19 @@ class Warehouse:
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
                     leftover.unlink(missing_ok=True)
+
+    def adopt_legacy_archives(self) -> None:
+        """Move this database's runs out of the folder-wide `archive/` of earlier versions
+        into its own archive (the runs its ledger lists; other databases' stay)."""
+        legacy = self.paths.legacy_archive
+        if not legacy.is_dir():
+            return
+        ours = {r["run_id"] for r in self.ledger.runs()}
+        for path in sorted(legacy.glob("*.duckdb")):
+            if path.stem in ours and not self.paths.archived(path.stem).exists():
+                self.archive_dir.mkdir(parents=True, exist_ok=True)
+                os.replace(path, self.paths.archived(path.stem))
+                log.info("moved archived run %s into %s", path.stem, self.archive_dir)
 
     def record_if_served(self, run_id: str, message: str) -> bool:
         """Record `run_id` as published if the served file is its (a run interrupted after
@@ -401,7 +418,7 @@ class Warehouse:
     def publish(self, staged: StagedDatabase, run_id: str) -> None:
         """Archive the closed staged file, then atomically make it the served one."""
         self.archive_dir.mkdir(parents=True, exist_ok=True)
-        archived = self.archive_dir / f"{run_id}.duckdb"
+        archived = self.paths.archived(run_id)
         try:
             with no_space_is_exit_73(self.dir):
                 fsync_path(staged.path)
@@ -426,9 +443,15 @@ class Warehouse:
     def rollback(self, run_id: str) -> str:
         """Serve archived run `run_id` again by the same atomic replace; returns the run it
         replaced. Recorded in the ledger (recovery records it if killed before that)."""
-        archived = self.archive_dir / f"{run_id}.duckdb"
+        archived = self.paths.archived(run_id)
+        kept = ", ".join(self.archived_runs()) or "none"
+        listed = self.ledger.get(run_id)
+        if listed is None or listed.get("status") != "published":
+            raise MissingInputError(
+                f"run {run_id} is not a published run of {self.served} (its ledger "
+                f"{self.ledger.path} does not list it); archived runs: {kept}"
+            )
         if not archived.exists():
-            kept = ", ".join(self.archived_runs()) or "none"
             raise MissingInputError(
                 f"run {run_id} is not in {self.archive_dir} (archived runs: {kept})"
             )
@@ -458,7 +481,7 @@ class Warehouse:
         """Keep the newest `keep_archives` runs; served files are hard links, so the served
         run stays readable even when its archive entry goes."""
         for run_id in self.archived_runs()[: -self.keep_archives or None]:
-            (self.archive_dir / f"{run_id}.duckdb").unlink(missing_ok=True)
+            self.paths.archived(run_id).unlink(missing_ok=True)
 
     def _replace(self, new_file: Path) -> None:
         wal = self.served.with_name(self.served.name + ".wal")

@@ -79,7 +79,7 @@ def checksum(path: Path) -> str:
 
 
 def leftovers(db: Path) -> list[str]:
-    staging = db.parent / ".staging"
+    staging = db.parent / f".{db.stem}.staging"
     return sorted(p.name for p in staging.iterdir()) if staging.exists() else []
 
 
@@ -399,7 +399,7 @@ def test_kill_9_of_the_lock_holder_frees_the_lock(kit: Kit, db: Path) -> None:
 def new_run_log(db: Path, known: set[str]) -> str:
     """The run log of the run that started after `known` ('' before it has one)."""
     new = ledger_ids(db) - known
-    return (db.parent / "logs" / f"{new.pop()}.log").read_text() if new else ""
+    return (db.parent / f"{db.stem}.logs" / f"{new.pop()}.log").read_text() if new else ""
 
 
 # ------------------------------------------------------ 5. bad input and a failed quality gate
@@ -482,7 +482,7 @@ def test_bad_input_is_refused_and_changes_nothing(db: Path, kit: Kit, case: str)
     assert (Warehouse(db).archived_runs(), leftovers(db)) == (archived, [])
     (failed,) = [r for r in Warehouse(db).ledger.runs() if r["run_id"] not in known]
     assert (failed["status"], failed["message"]) == ("failed", line.removeprefix("error: "))
-    log = (db.parent / "logs" / f"{failed['run_id']}.log").read_text()
+    log = (db.parent / f"{db.stem}.logs" / f"{failed['run_id']}.log").read_text()
     assert f"run={failed['run_id']}" in log and "Traceback" in log  # the fuller story
 
 
@@ -491,7 +491,20 @@ BAD_CONFIGS = {
     "unknown key": ("[scoring]\ntopn = 3\n", "{c}: unknown key 'topn' in [scoring] (expected one of: device, dtype, memory_budget_bytes, similar_items_n, top_n)"),
     "unknown section": ("[scorer]\ntop_n = 3\n", "{c}: unknown section [scorer]"),
     "wrong type": ("[scoring]\ntop_n = 'ten'\n", "{c}: [scoring] top_n: expected an integer, found 'ten'"),
-    "top_n 0": ("[scoring]\ntop_n = 0\n", "{c}: [scoring] top_n = 0 is below 1, the least that works"),
+    "top_n 0": ("[scoring]\ntop_n = 0\n", "{c}: [scoring] top_n = 0 must be at least 1"),
+    # issue 13: a NaN margin switched the gate off, inf crashed, the rest failed after loading
+    "nan margin": ("[gate]\nmax_metric_drop = nan\n", "{c}: [gate] max_metric_drop: expected a finite number, found nan"),
+    "inf space": ("[output]\nfree_space_factor = inf\n", "{c}: [output] free_space_factor: expected a finite number, found inf"),
+    "batch 0": ("[training]\nbatch_size = 0\n", "{c}: [training] batch_size = 0 must be at least 1"),
+    "device": ("[scoring]\ndevice = 'banana'\n", "{c}: [scoring] device = 'banana' unknown (expected auto, cpu, cuda, cuda:N or mps)"),
+    "holdout": ("[data]\nholdout_fraction = 1.5\n", "{c}: [data] holdout_fraction = 1.5 must be in (0, 1)"),
+    "threshold": ("[data]\npositive_threshold = 9\n", "[data] positive_threshold = 9 is above max_rating = 5, so no rating would count as positive"),
+    "model dim": ("[model.params.bpr]\ndim = -4\n", "model 'bpr': [model.params.bpr] dim = -4 must be at least 1"),
+    "model lr": ("[model.params.bpr]\nlr = 'fast'\n", "model 'bpr': [model.params.bpr] lr = 'fast': expected a number"),
+    "init_std 0": ("[model.params.bpr]\ninit_std = 0\n", "model 'bpr': [model.params.bpr] init_std = 0 must be above 0"),
+    "epochs 0": ("[model.params.bpr]\nepochs = 0\n", "model 'bpr': [model.params.bpr] epochs = 0 must be at least 1"),
+    "unknown params": ("[model.params.svdpp]\ndim = 8\n", "[model.params.svdpp]: unknown model 'svdpp' (expected one of: "),
+    "selection_k": ("[model]\nselection_k = 0\n", "{c}: [model] selection_k = 0 must be at least 1"),
 }  # fmt: skip
 
 
@@ -500,7 +513,8 @@ def test_bad_config_is_refused_before_any_run(db: Path, case: str) -> None:
     text, message = BAD_CONFIGS[case]
     config = write(db.parent.parent / "bad.toml", text)
     before, known = checksum(db), ledger_ids(db)
-    result = CliRunner().invoke(main, ["nightly", "--config", str(config), "--database", str(db)])
+    result = CliRunner().invoke(main, ["nightly", "--config", str(config), "--database", str(db),
+                                       "--model", "bpr"])  # fmt: skip
     assert result.exit_code == 65, result.output
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, no log
     assert result.stderr.startswith("error: " + message.format(c=config))
@@ -612,7 +626,7 @@ def test_full_small_filesystem_exits_73_and_leaves_nothing(kit: Kit, small_disk:
     job = score(kit, db, env={"RECSYS_OUTPUT_FREE_SPACE_FACTOR": "0"})
     assert job.wait() == 73, job.stderr
     line = job.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: {small_disk}/.staging: the disk filled up while building")
+    assert line.startswith(f"error: {small_disk}/.recs.staging: the disk filled up while building")
     assert "No space left on device" in line and "Traceback" not in job.stderr
     assert checksum(db) == before and leftovers(db) == []
     assert sorted(p.name for p in small_disk.iterdir()) == contents
@@ -723,7 +737,9 @@ def test_keeps_k_archives_rolls_back_atomically_and_does_not_grow(kit: Kit, tmp_
         archive = Warehouse(db).archived_runs()
         assert archive == published[-3:]
     assert max(sizes) <= 1.1 * sizes[0], sizes
-    assert db.stat().st_ino == (db.parent / "archive" / f"{published[-1]}.duckdb").stat().st_ino
+    assert (
+        db.stat().st_ino == (db.parent / "recs.archive" / f"{published[-1]}.duckdb").stat().st_ino
+    )
 
     # Roll back while a reader polls: it sees the newest run, then the previous, nothing else.
     stop, log = tmp_path / "stop", tmp_path / "reader.log"
@@ -755,7 +771,7 @@ def test_keeps_k_archives_rolls_back_atomically_and_does_not_grow(kit: Kit, tmp_
     gone = CliRunner().invoke(main, ["rollback", published[0], "--database", str(db)])
     assert gone.exit_code == 66
     assert gone.stderr.strip() == (
-        f"error: run {published[0]} is not in {db.parent / 'archive'} "
+        f"error: run {published[0]} is not in {db.parent / 'recs.archive'} "
         f"(archived runs: {', '.join(published[-3:])})"
     )
     assert checksum(db) == before
@@ -797,8 +813,12 @@ def test_damaged_served_file_is_refused_and_rollback_recovers(kit: Kit, db: Path
 
 def test_rollback_refuses_an_archive_holding_another_run(db: Path) -> None:
     served = read_served(db)
-    archive = db.parent / "archive"
+    archive = db.parent / "recs.archive"
     shutil.copy(archive / f"{served.run_id}.duckdb", archive / "29990101T000000000000Z.duckdb")
+    ledger = Warehouse(db).ledger.path  # a forged first line lists it as published
+    ledger.write_text(
+        '{"run_id": "29990101T000000000000Z", "status": "published"}\n' + ledger.read_text()
+    )
     before = checksum(db)
     result = CliRunner().invoke(main, ["rollback", "29990101T000000000000Z", "--database", str(db)])
     assert result.exit_code == 1
@@ -871,7 +891,7 @@ def test_run_log_and_stderr_lines_are_structured(kit: Kit, db: Path) -> None:
     job = score(kit, db)
     assert job.wait() == 0
     run_id = read_served(db).run_id
-    lines = (db.parent / "logs" / f"{run_id}.log").read_text().splitlines()
+    lines = (db.parent / f"{db.stem}.logs" / f"{run_id}.log").read_text().splitlines()
     assert lines
     for line in lines + job.stderr.splitlines():
         stamp, level, tag, *_ = line.split(" ", 3)
