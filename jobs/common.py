@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import click
 from recsys import lock, logs
 from recsys.config import MAX_SEED, Config, load_config, set_option, validate
 from recsys.errors import EX_SOFTWARE, RecsysError
+from recsys.files import umask_for
 
 log = logging.getLogger("recsys.jobs")
 DEFAULT_CONFIG = Path("recsys.toml")
@@ -50,6 +52,8 @@ def build_config(config_path: str | None, overrides: dict[str, Any]) -> Config:
             section, key = dotted.split(".")
             set_option(config, section, key, value, origin=f"option for {section}.{key}")
     validate(config)
+    # Files for others to read get the same permissions whatever umask cron or a shell gave.
+    os.umask(umask_for(config.output.file_mode))
     return config
 
 
@@ -78,8 +82,21 @@ def handle_errors(f: Callable) -> Callable:
             sys.exit(130)
         except Exception as exc:  # unexpected: one line on stderr, the traceback in the run log
             log.debug("unexpected error:\n%s", traceback.format_exc())
+            run_log = logs.last_run_log()
+            where = f"traceback in {run_log}" if run_log else f"at {_origin(exc)}; no run log"
             click.echo(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                       " (traceback in the run log)", err=True)  # fmt: skip
+                       f" ({where})", err=True)  # fmt: skip
             sys.exit(EX_SOFTWARE)
 
     return wrapper
+
+
+def _origin(exc: BaseException) -> str:
+    """Where in this project's code an unexpected error was raised (file:line), for a command
+    that writes no run log to hold its traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    root = Path(__file__).resolve().parent.parent
+    ours = [f for f in frames if Path(f.filename).resolve().is_relative_to(root)]
+    frame = (ours or frames)[-1]
+    path = Path(frame.filename).resolve()
+    return f"{path.relative_to(root) if path.is_relative_to(root) else path.name}:{frame.lineno}"

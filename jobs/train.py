@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from jobs.common import SEED, build_config, config_option, handle_errors
+from recsys.files import check_writable
 
 
 @click.command()
@@ -32,6 +35,7 @@ def train(config_path, interactions, model, seed, out) -> None:
     from recsys.score import resolve_device
 
     check_settings(config)
+    check_writable(Path(out).resolve().parent, "the checkpoint")  # before hours of training
     trained = train_and_choose(load_dataset(config), config, resolve_device(config.training.device))
     save_checkpoint(trained, out)
     click.echo(f"wrote {out}: {trained.selection}")

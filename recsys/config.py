@@ -132,6 +132,9 @@ class OutputConfig:
     report_dir: str = ""
     # Run reports kept in report_dir (oldest deleted first); 0 = keep all.
     keep_reports: int = 30
+    # Permissions of everything the jobs create (the served file, archives, reports, logs,
+    # ledger, exports), whatever the umask; folders get x where r is set (644 -> 755).
+    file_mode: str = "644"
 
 
 @dataclass
@@ -294,10 +297,12 @@ CHOICES: dict[str, str] = {
     "training.device": r"auto|cpu|cuda(:\d+)?|mps",
     "scoring.device": r"auto|cpu|cuda(:\d+)?|mps",
     "scoring.dtype": r"float32|float16|bfloat16",
+    "output.file_mode": r"0?[0-7]{3}",
 }
 CHOICE_TEXT = {"training.device": "auto, cpu, cuda, cuda:N or mps",
                "scoring.device": "auto, cpu, cuda, cuda:N or mps",
-               "scoring.dtype": "float32, float16 or bfloat16"}  # fmt: skip
+               "scoring.dtype": "float32, float16 or bfloat16",
+               "output.file_mode": "an octal mode such as 644"}  # fmt: skip
 NON_EMPTY = ("columns.user", "columns.item", "columns.rating", "columns.timestamp",
              "features.separator", "output.database")  # fmt: skip
 

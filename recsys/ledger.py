@@ -54,7 +54,7 @@ class Ledger:
     def append(self, run_id: str, **fields: Any) -> None:
         line = json.dumps({"run_id": run_id, "at": now_iso(), **fields}, default=str) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             # A run killed mid-append leaves a line without its newline; glued to it, this
             # event would be unreadable too, so start a fresh line.

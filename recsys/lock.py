@@ -47,7 +47,7 @@ class RunLock:
     def acquire(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by children
         except OSError as exc:  # a read-only folder: refused before any work, exit 73
             raise CannotWriteError(
                 f"{self.path}: cannot create the run lock ({exc.strerror}); the database's "

@@ -3,6 +3,7 @@ score every user -> stage -> gate -> publish. Jobs call these; they hold no CLI 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -19,6 +21,7 @@ from recsys.checkpoint import TrainedModel, load_checkpoint
 from recsys.config import Config, validate
 from recsys.data.interactions import Interactions
 from recsys.data.split import temporal_split
+from recsys.data.tables import parse_source
 from recsys.dataset import Dataset, load_dataset
 from recsys.distributed import Group, stop_on_sigterm
 from recsys.errors import ConfigError, DataError, QualityGateError, RecsysError
@@ -311,8 +314,26 @@ def stage_results(
             num_similar = _stage_similar_items(staged, trained, config, device)
         return num_rows, num_similar
 
-    expected = len(trained.users) * top + len(trained.items) * config.scoring.similar_items_n
+    expected = expected_rows(len(trained.users), len(trained.items), config)
     return _stage(trained, run_id, warehouse, expected, fill)
+
+
+def expected_rows(num_users: int, num_items: int, config: Config) -> int:
+    """Most rows scoring can write: a user gets at most every item, an item every other one
+    (top_n beyond the catalogue must not ask for disk that can never be used)."""
+    top, similar = config.scoring.top_n, config.scoring.similar_items_n
+    return num_users * min(top, num_items) + num_items * min(similar, max(num_items - 1, 0))
+
+
+def check_space_before_training(dataset: Dataset, config: Config) -> None:
+    """The free-space check, with the loaded data's sizes, before hours of training; the
+    publish checks again before it writes."""
+    data = dataset.interactions
+    per_user = np.bincount(data.frame["user_idx"].to_numpy(), minlength=data.num_users)
+    n = config.output.history_n
+    history = int(np.minimum(per_user, n).sum()) if n > 0 else len(data)
+    warehouse = Warehouse(config.output.database, free_space_factor=config.output.free_space_factor)
+    warehouse.check_free_space(expected_rows(data.num_users, data.num_items, config) + history)
 
 
 def _stage_similar_items(
@@ -483,6 +504,7 @@ def run_job(
         config.output.database, config.output.keep_archives, config.output.free_space_factor
     )
     log_dir = Path(config.output.log_dir) if config.output.log_dir else warehouse.paths.logs
+    warehouse.check_target(input_paths(config), log_dir)
     faults.point("starting")
     with warehouse.lock(run_id) as run_id, logs.run_log(log_dir / f"{run_id}.log", run_id):
         started_at = now_iso()
@@ -532,6 +554,17 @@ def run_job(
         return summary
 
 
+def input_paths(config: Config) -> dict[str, Path]:
+    """The files the configured sources read (a publish must never replace one of them)."""
+    found = {}
+    for key in ("interactions", "user_features", "item_features", "users_to_score"):
+        spec = getattr(config.source, key)
+        if spec:
+            with contextlib.suppress(RecsysError, OSError):  # reading it reports what is wrong
+                found[f"source.{key}"] = parse_source(spec).path
+    return found
+
+
 def nightly(config: Config, run_id: str | None = None) -> RunSummary:
     check_settings(config)
 
@@ -539,6 +572,7 @@ def nightly(config: Config, run_id: str | None = None) -> RunSummary:
         device = resolve_device(config.training.device)
         with timer.phase("load"):
             dataset = load_dataset(config)
+        check_space_before_training(dataset, config)
         with timer.phase("train"):
             return train_and_choose(dataset, config, device)
 

@@ -22,8 +22,16 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from recsys import faults
-from recsys.errors import MissingInputError, NoSpaceError, RecsysError, ServedBusyError
+from recsys import duck, faults
+from recsys.errors import (
+    CannotWriteError,
+    DataError,
+    MissingInputError,
+    NoSpaceError,
+    RecsysError,
+    ServedBusyError,
+)
+from recsys.files import check_writable, is_duckdb_file
 from recsys.ledger import Ledger, is_run_id, new_run_id
 from recsys.lock import RunLock, is_held
 from recsys.state import state_paths
@@ -62,7 +70,7 @@ def open_read_only(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     if not path.exists():
         raise MissingInputError(f"{path}: no published database here yet (run `recsys nightly`)")
     try:
-        con = duckdb.connect(str(path), read_only=True)
+        con = duck.connect(path, read_only=True)
     except duckdb.Error as exc:
         wal = path.with_name(path.name + ".wal")
         if "Could not set lock" in str(exc):
@@ -74,8 +82,13 @@ def open_read_only(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
             raise MissingInputError(f"{path}: cannot open as DuckDB ({_first_line(exc)})") from None
         log.warning("%s: moving aside a stale WAL left by a crashed writer", wal)
         move_aside(wal)
-        con = duckdb.connect(str(path), read_only=True)
+        con = duck.connect(path, read_only=True)
     try:
+        if not (has_table(con, "runs") and has_table(con, "recommendations")):
+            raise DataError(
+                f"{path}: not a recsys database (no runs or recommendations table); give the "
+                "file `recsys nightly` publishes (output.database or --database)"
+            )
         yield con
     finally:
         con.close()
@@ -190,7 +203,7 @@ class StagedDatabase:
             raise ValueError(f"run id {run_id!r}: expected letters, digits, '.', '_' or '-'")
         self.path = path
         with no_space_is_exit_73(path.parent):
-            self.con = duckdb.connect(str(path))
+            self.con = duck.connect(path)
             self.con.execute(f"create type user_key as {user_type}")
             self.con.execute(f"create type item_key as {item_type}")
             for ddl in sorted(DDL_DIR.glob("*.sql")):
@@ -328,6 +341,48 @@ class Warehouse:
             return None
         row = published.runs.filter(pl.col("run_id") == published.run_id).row(0, named=True)
         return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+
+    def check_target(self, inputs: dict[str, Path], log_dir: Path) -> None:
+        """Before any work (under the lock): the served path is one this job may replace
+        (not a folder, not one of its inputs, not a file recsys did not write) and every
+        folder the run writes is writable. Refused with exit 73; nothing is touched."""
+        served = self.served
+        if served.is_dir():
+            raise CannotWriteError(
+                f"{served}: is a directory; output.database must name a DuckDB file in it, "
+                f"e.g. {served / 'recs.duckdb'}"
+            )
+        for role, path in inputs.items():
+            if path.resolve() == served or (
+                path.exists() and served.exists() and path.samefile(served)
+            ):
+                raise CannotWriteError(
+                    f"{served}: is also the input ({role}); publishing would replace it. Set "
+                    "output.database to another file"
+                )
+        if served.exists():
+            if not is_duckdb_file(served):
+                raise CannotWriteError(
+                    f"{served}: exists and is not a DuckDB database; not replacing it (move it "
+                    "away or set output.database to another file)"
+                )
+            if not self._written_by_recsys():
+                raise CannotWriteError(
+                    f"{served}: is a DuckDB database that recsys did not publish (no runs or "
+                    "recommendations table); not replacing it (set output.database to another file)"
+                )
+        for folder, what in ((self.dir, "the served database"), (self.staging_dir, "the new "
+                             "database"), (self.archive_dir, "archives"), (log_dir, "run logs")):  # fmt: skip
+            check_writable(folder, what)
+
+    def _written_by_recsys(self) -> bool:
+        """Whether the served file has recsys's tables; a file that cannot be opened counts as
+        recsys's (damaged or busy: publishing reports it, with the way out)."""
+        try:
+            with duck.connect(self.served, read_only=True) as con:
+                return has_table(con, "runs") and has_table(con, "recommendations")
+        except duckdb.Error:
+            return True
 
     def free_bytes(self) -> int:
         injected = os.environ.get(FREE_BYTES_ENV)

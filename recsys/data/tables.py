@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from recsys import duck
 from recsys.errors import DataError, MissingInputError
 
 # Headerless MovieLens layouts: file name -> (separator, column names).
@@ -189,7 +190,7 @@ def _read_duckdb(source: TableSource) -> pl.DataFrame:
     if not re.match(r"(?is)^\s*(select|with|from)\b", query):
         query = f"select * from {_quote_ident(query)}"
     try:
-        with duckdb.connect(str(source.path), read_only=True) as con:
+        with duck.connect(source.path, read_only=True) as con:
             return con.sql(query).pl()
     except duckdb.CatalogException:
         raise DataError(f"{source.label}: table or view does not exist in {source.path}") from None
