@@ -18,6 +18,7 @@ from recsys import lock, logs
 from recsys.config import MAX_SEED, Config, load_config, set_option, validate
 from recsys.errors import EX_SOFTWARE, RecsysError
 from recsys.files import umask_for
+from recsys.interrupts import sigterm_stops
 
 log = logging.getLogger("recsys.jobs")
 DEFAULT_CONFIG = Path("recsys.toml")
@@ -70,7 +71,8 @@ def handle_errors(f: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         logs.configure()
         try:
-            return f(*args, **kwargs)
+            with sigterm_stops(lambda: "stopped by SIGTERM"):  # recorded and cleaned up like ^C
+                return f(*args, **kwargs)
         except click.ClickException:
             raise  # usage errors found in the command itself: Click's own message and exit 2
         except RecsysError as exc:

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys import __version__, faults, gate, logs, report, shard
+from recsys import __version__, faults, gate, interrupts, logs, report, shard
 from recsys.checkpoint import TrainedModel, load_checkpoint
 from recsys.config import Config, validate
 from recsys.data.interactions import Interactions
@@ -407,9 +407,10 @@ def publish_trained(
     warehouse: Warehouse,
     timer: Timer,
     stage: Stager | None = None,
+    held: interrupts.Held | None = None,
 ) -> RunSummary:
     """Stage (by default: score every user here), gate and publish one run of a trained model
-    (the lock must be held)."""
+    (the lock must be held). From the publish on, SIGINT and SIGTERM are `held`."""
     previous = warehouse.published()
     if stage is None:
         device = resolve_device(config.scoring.device)
@@ -418,8 +419,8 @@ def publish_trained(
         )
     else:
         staged, num_rows, num_similar = stage(trained, run_id, warehouse, timer)
-    faults.point("staged")
     try:
+        faults.point("staged")
         with timer.phase("publish"):
             metric, k = config.model.selection_metric, config.model.selection_k
             value = next(
@@ -452,6 +453,8 @@ def publish_trained(
             staged.insert_frame("metrics_by_activity", new_activity)
             staged.close()
             faults.point("gated")
+            if held is not None:
+                held.hold()  # the replace and its ledger line are not to be cut apart
             warehouse.publish(staged, run_id)
     except BaseException:
         warehouse.discard(staged)
@@ -506,7 +509,11 @@ def run_job(
     log_dir = Path(config.output.log_dir) if config.output.log_dir else warehouse.paths.logs
     warehouse.check_target(input_paths(config), log_dir)
     faults.point("starting")
-    with warehouse.lock(run_id) as run_id, logs.run_log(log_dir / f"{run_id}.log", run_id):
+    with (
+        warehouse.lock(run_id) as run_id,
+        logs.run_log(log_dir / f"{run_id}.log", run_id),
+        interrupts.Held("publishing: the run is recorded first") as held,
+    ):
         started_at = now_iso()
         warehouse.ledger.append(run_id, status="running", started_at=started_at, seed=config.training.seed,
                                 code_version=__version__)  # fmt: skip
@@ -516,7 +523,9 @@ def run_job(
             faults.point("locked")
             trained = make_trained(timer)
             faults.point("trained")
-            summary = publish_trained(trained, config, run_id, started_at, warehouse, timer, stage)
+            summary = publish_trained(
+                trained, config, run_id, started_at, warehouse, timer, stage, held
+            )
         except BaseException as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.debug("run failed: %s", reason, exc_info=True)
@@ -549,7 +558,12 @@ def run_job(
                 for m in trained.metrics
             },
         )
-        if config.output.report:  # published already: a failed report is only a warning
+        faults.point("recorded")
+        if held.received:  # published and recorded: the exit is 0, whatever came meanwhile
+            log.warning("run %s is published and recorded; %s arrived after its publish began, "
+                        "so the run report is skipped and the exit is 0", run_id,
+                        " and ".join(dict.fromkeys(held.received)))  # fmt: skip
+        elif config.output.report:  # published already: a failed report is only a warning
             summary.report = report.publish_report(config.output, warehouse.served, run_id)
         return summary
 

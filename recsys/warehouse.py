@@ -22,7 +22,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from recsys import duck, faults
+from recsys import duck, faults, interrupts
 from recsys.errors import (
     CannotWriteError,
     DataError,
@@ -521,10 +521,15 @@ class Warehouse:
         candidate = self.staging_dir / f"rollback-{run_id}.duckdb"
         candidate.unlink(missing_ok=True)
         os.link(archived, candidate)
-        self._replace(candidate)
-        faults.point("published")
-        self.ledger.append(run_id, event="rollback", rolled_back_from=previous,
-                           message=f"served again by rollback (replacing run {previous or 'none'})")  # fmt: skip
+        with interrupts.Held("rolling back: the rollback is recorded first") as held:
+            held.hold()
+            self._replace(candidate)
+            faults.point("published")
+            self.ledger.append(run_id, event="rollback", rolled_back_from=previous,
+                               message=f"served again by rollback (replacing run {previous or 'none'})")  # fmt: skip
+        if held.received:
+            log.warning("run %s is served again and recorded; %s arrived meanwhile, so the exit "
+                        "is 0", run_id, " and ".join(dict.fromkeys(held.received)))  # fmt: skip
         return previous
 
     def archived_runs(self) -> list[str]:

@@ -304,25 +304,68 @@ def test_kill_9_right_after_each_phase(kit: Kit, db: Path, point: str) -> None:
     )
 
 
-@pytest.mark.parametrize("point", ["gated", "published"])
-def test_interrupt_is_recorded_as_what_it_left(kit: Kit, db: Path, point: str) -> None:
-    """Ctrl-C (SIGINT) is not kill -9: the run records itself on the way out, as published
-    when it had already replaced the served file, else as failed with nothing left over."""
+@pytest.mark.parametrize(
+    ("signum", "point"),
+    [(signal.SIGINT, "gated"), (signal.SIGTERM, "staged"), (signal.SIGTERM, "archived"),
+     (signal.SIGINT, "published"), (signal.SIGTERM, "recorded")],
+    ids=["INT-gated", "TERM-staged", "TERM-archived", "INT-published", "TERM-recorded"],
+)  # fmt: skip
+def test_interrupt_is_recorded_as_what_it_left(
+    kit: Kit, db: Path, tmp_path: Path, signum: int, point: str
+) -> None:
+    """Ctrl-C and SIGTERM are not kill -9. Before the publish begins the run stops: exit 130 or
+    143 with its one line, recorded as failed, its staging file gone. From the publish on
+    (issue 13, item 4) the signal waits: the run is served and recorded, then exits 0 with a
+    warning, the run report skipped: a served file with a non-zero exit would mislead cron."""
     old, known = read_served(db), ledger_ids(db)
-    job = score(kit, db, pause=f"{point}:60")
+    resume = tmp_path / "resume"
+    job = score(kit, db, pause=f"{point}:60", env={"RECSYS_FAULT_RESUME": str(resume),
+                                                   "RECSYS_OUTPUT_REPORT": "true"})  # fmt: skip
     job.wait_for(f"pausing 60s at '{point}'")
-    os.kill(job.pid, signal.SIGINT)
-    assert job.wait() == 130, job.stderr
-    assert job.stderr.strip().splitlines()[-1] == "error: interrupted"
+    os.kill(job.pid, signum)
+    name = signal.Signals(signum).name
     (run,) = [r for r in Warehouse(db).ledger.runs() if r["run_id"] not in known]
-    if point == "published":
-        assert (run["status"], run["message"]) == ("published", "published, then KeyboardInterrupt")
-        assert read_served(db).run_id == run["run_id"]
-    else:
-        assert (run["status"], run["message"]) == ("failed", "KeyboardInterrupt")
+    if point in ("gated", "staged"):
+        assert job.wait() == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], job.stderr
+        line = {signal.SIGINT: "error: interrupted", signal.SIGTERM: "error: stopped by SIGTERM"}
+        assert job.stderr.strip().splitlines()[-1] == line[signum]
+        (run,) = [r for r in Warehouse(db).ledger.runs() if r["run_id"] not in known]
+        reason = {signal.SIGINT: "KeyboardInterrupt", signal.SIGTERM: "stopped by SIGTERM"}
+        assert (run["status"], run["message"]) == ("failed", reason[signum])
         assert read_served(db) == old
+    else:
+        job.wait_for(f"{name} received while publishing: the run is recorded first")
+        resume.touch()
+        assert job.wait() == 0, job.stderr
+        warning = job.stderr.strip().splitlines()[-1]
+        assert warning.endswith(f"run {run['run_id']} is published and recorded; {name} arrived "
+                                "after its publish began, so the run report is skipped and the "
+                                "exit is 0")  # fmt: skip
+        (run,) = [r for r in Warehouse(db).ledger.runs() if r["run_id"] not in known]
+        assert run["status"] == "published" and job.stdout.startswith("published run")
+        assert read_served(db).run_id == run["run_id"]
+        assert not list(db.parent.glob("recs.report-*.html"))
     assert leftovers(db) == []
     assert_settled(db)
+
+
+def test_a_signal_during_a_rollback_waits_for_its_ledger_line(
+    kit: Kit, db: Path, tmp_path: Path
+) -> None:
+    first = read_served(db)
+    second = score(kit, db)
+    assert second.wait() == 0, second.stderr
+    resume = tmp_path / "resume"
+    job = Job(["rollback", first.run_id, "--database", str(db)], tmp_path / "jobs",
+              {"RECSYS_FAULT_PAUSE": "published:60", "RECSYS_FAULT_RESUME": str(resume)})  # fmt: skip
+    job.wait_for("pausing 60s at 'published'")
+    os.kill(job.pid, signal.SIGTERM)
+    job.wait_for("SIGTERM received while rolling back")
+    resume.touch()
+    assert job.wait() == 0, job.stderr
+    assert job.stdout.startswith(f"now serving run {first.run_id}")
+    assert Warehouse(db).ledger.served_run_id() == first.run_id  # recorded by itself
+    assert assert_settled(db).run_id == first.run_id
 
 
 # ------------------------------------------------------------------ 3. overlapping runs

@@ -21,7 +21,6 @@ from jobs.common import handle_errors
 from recsys import duck
 from tests.conftest import FAST_CONFIG, run_cli
 
-
 # Why a write into a read-only folder fails: a read-only mount as root, permissions otherwise.
 REFUSED = os.strerror(errno.EROFS if os.geteuid() == 0 else errno.EACCES)
 
