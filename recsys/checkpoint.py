@@ -41,6 +41,9 @@ class TrainedModel:
     source: str = ""
     num_interactions: int = 0
     seed: int = 0
+    # Whether training changed the weights (closed form, or at least one optimizer step);
+    # None for checkpoints written before this was recorded.
+    fitted: bool | None = None
 
 
 def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
@@ -67,6 +70,7 @@ def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
         "source": trained.source,
         "num_interactions": trained.num_interactions,
         "seed": trained.seed,
+        "fitted": trained.fitted,
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -103,4 +107,5 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
         source=payload["source"],
         num_interactions=payload["num_interactions"],
         seed=payload["seed"],
+        fitted=payload.get("fitted"),
     )

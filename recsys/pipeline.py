@@ -228,7 +228,9 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
     model = new_model(comparison.best, dataset, config)
     settings = train_settings(config, device)
     if config.model.refit:
-        fit(model, data, None, settings, epochs=max(comparison.scores[comparison.best][1], 1))
+        result = fit(
+            model, data, None, settings, epochs=max(comparison.scores[comparison.best][1], 1)
+        )
         seen = data
     else:
         train, valid = temporal_split(
@@ -237,8 +239,11 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
             config.training.seed,
             config.data.min_user_interactions,
         )
-        fit(model, train, valid, settings)
+        result = fit(model, train, valid, settings)
         seen = train
+    metrics = comparison.metrics
+    if "popularity" not in {m.model for m in metrics}:
+        metrics = metrics + popularity_baseline(dataset, config, device)
     indptr, indices = seen.csr()
     return TrainedModel(
         model=model,
@@ -247,13 +252,27 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
         seen=SeenMatrix(indptr, indices),
         catalogue=dataset.catalogue,
         history=recent_history(data, config.output.history_n),
-        metrics=comparison.metrics,
+        metrics=metrics,
         by_activity=comparison.by_activity,
         selection=comparison.selection,
         source=data.source,
         num_interactions=len(data),
         seed=config.training.seed,
+        fitted=not model.trainable or result.steps > 0,
     )
+
+
+def popularity_baseline(dataset: Dataset, config: Config, device: torch.device) -> list[Metric]:
+    """Popularity's validation metrics on the comparison's split when it was not a candidate:
+    the floor the sanity gate holds the served model to (closed form, so it costs little)."""
+    data = dataset.interactions
+    train, valid = temporal_split(
+        data, config.data.holdout_fraction, config.training.seed, config.data.min_user_interactions
+    )
+    model = new_model("popularity", dataset, config)
+    fit(model, train, valid, train_settings(config, device))
+    return evaluate_all(model, train, valid, config.model.selection_k, device, config.data.positive_threshold,
+                        (config.data.min_rating, config.data.max_rating)).metrics  # fmt: skip
 
 
 # ----------------------------------------------------------------------- score + publish
@@ -431,7 +450,13 @@ def publish_trained(
                 ),
                 None,
             )
-            current = gate.GateInput(metric, k if metric in RANKING_METRICS else None, value)
+            k = k if metric in RANKING_METRICS else None
+            popularity = next(
+                (m.value for m in trained.metrics
+                 if m.model == "popularity" and m.metric == metric and m.k == k),
+                None,
+            )  # fmt: skip
+            current = gate.GateInput(metric, k, value, popularity, trained.fitted)
             if config.gate.enabled:
                 problems = gate.check(staged, config.gate, current, previous)
                 if problems:

@@ -39,6 +39,11 @@ epochs = 8
 [scoring]
 top_n = 10
 similar_items_n = 5
+
+[gate]
+# These models train a few epochs on tiny data, near chance level, to keep the suite fast;
+# the floor at popularity's metric is tested on its own (tests/test_gate.py, test_sanity.py).
+max_below_popularity = 1.0
 """
 
 
