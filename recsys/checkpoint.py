@@ -44,6 +44,9 @@ class TrainedModel:
     # Whether training changed the weights (closed form, or at least one optimizer step);
     # None for checkpoints written before this was recorded.
     fitted: bool | None = None
+    # Popularity's validation metrics on the same split when it was not a candidate: the
+    # sanity gate's floor (not published as a candidate's metrics).
+    baseline: list[Metric] = field(default_factory=list)
 
 
 def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
@@ -71,6 +74,7 @@ def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
         "num_interactions": trained.num_interactions,
         "seed": trained.seed,
         "fitted": trained.fitted,
+        "baseline": [[m.model, m.metric, m.k, m.value] for m in trained.baseline],
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -108,4 +112,5 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
         num_interactions=payload["num_interactions"],
         seed=payload["seed"],
         fitted=payload.get("fitted"),
+        baseline=[Metric(*row) for row in payload.get("baseline", [])],
     )

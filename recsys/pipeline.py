@@ -241,9 +241,8 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
         )
         result = fit(model, train, valid, settings)
         seen = train
-    metrics = comparison.metrics
-    if "popularity" not in {m.model for m in metrics}:
-        metrics = metrics + popularity_baseline(dataset, config, device)
+    candidates = {m.model for m in comparison.metrics}
+    baseline = [] if "popularity" in candidates else popularity_baseline(dataset, config, device)
     indptr, indices = seen.csr()
     return TrainedModel(
         model=model,
@@ -252,13 +251,14 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
         seen=SeenMatrix(indptr, indices),
         catalogue=dataset.catalogue,
         history=recent_history(data, config.output.history_n),
-        metrics=metrics,
+        metrics=comparison.metrics,
         by_activity=comparison.by_activity,
         selection=comparison.selection,
         source=data.source,
         num_interactions=len(data),
         seed=config.training.seed,
         fitted=not model.trainable or result.steps > 0,
+        baseline=baseline,
     )
 
 
@@ -452,7 +452,7 @@ def publish_trained(
             )
             k = k if metric in RANKING_METRICS else None
             popularity = next(
-                (m.value for m in trained.metrics
+                (m.value for m in [*trained.metrics, *trained.baseline]
                  if m.model == "popularity" and m.metric == metric and m.k == k),
                 None,
             )  # fmt: skip

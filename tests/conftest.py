@@ -18,6 +18,10 @@ RECSYS = str(Path(sys.executable).parent / "recsys")
 # The nightly's HTML report costs about a second of CPU per publish and the suite publishes
 # about a hundred times: off for the suite; the report tests (two_runs) turn it back on.
 os.environ.setdefault("RECSYS_OUTPUT_REPORT", "false")
+# The suite's models train a few epochs on tiny data, near chance level, to stay fast: the
+# gate's floor at popularity's metric is off for them, and tested on its own (test_gate.py,
+# test_sanity.py).
+os.environ.setdefault("RECSYS_GATE_MAX_BELOW_POPULARITY", "1")
 
 # A small, fast configuration for end-to-end runs (a few seconds each on 2 cores).
 FAST_CONFIG = """
@@ -39,11 +43,6 @@ epochs = 8
 [scoring]
 top_n = 10
 similar_items_n = 5
-
-[gate]
-# These models train a few epochs on tiny data, near chance level, to keep the suite fast;
-# the floor at popularity's metric is tested on its own (tests/test_gate.py, test_sanity.py).
-max_below_popularity = 1.0
 """
 
 
