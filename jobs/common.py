@@ -37,9 +37,22 @@ def config_option(f: Callable) -> Callable:
     )(f)
 
 
+def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An option given as "" (a cron line's unset variable) is refused, not taken as unset:
+    an empty --interactions would otherwise train on the demo data."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty (leave the option out to use the config's value)")
+    return value
+
+
+def interactions_option(f: Callable) -> Callable:
+    return click.option("--interactions", default=None, callback=not_empty,
+                        help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.")(f)  # fmt: skip
+
+
 def database_option(f: Callable) -> Callable:
     return click.option("--database", type=click.Path(dir_okay=False), default=None,
-                        help="Served DuckDB file (default: output.database).")(f)  # fmt: skip
+                        callback=not_empty, help="Served DuckDB file (default: output.database).")(f)  # fmt: skip
 
 
 def build_config(config_path: str | None, overrides: dict[str, Any]) -> Config:

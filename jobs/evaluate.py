@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import click
 
-from jobs.common import SEED, build_config, config_option, handle_errors
+from jobs.common import SEED, build_config, config_option, handle_errors, interactions_option
 
 
 @click.command()
 @config_option
-@click.option(
-    "--interactions",
-    default=None,
-    help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
-)
+@interactions_option
 @click.option("--model", default=None, help="A model name, or auto for all candidates.")
 @click.option(
     "--k", "k", type=click.IntRange(min=1), default=None, help="Cut-off for top-N metrics."

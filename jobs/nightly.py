@@ -10,17 +10,15 @@ from jobs.common import (
     config_option,
     database_option,
     handle_errors,
+    interactions_option,
     refuse_if_running,
 )
+from recsys.config import SOURCES
 
 
 @click.command()
 @config_option
-@click.option(
-    "--interactions",
-    default=None,
-    help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
-)
+@interactions_option
 @database_option
 @click.option(
     "--model",
@@ -31,17 +29,25 @@ from jobs.common import (
 @click.option(
     "--seed", type=SEED, default=None, help="Seed for splits, initialisation and sampling."
 )
+@click.option("--demo", is_flag=True,
+              help="Train on the built-in demo data, whatever source is configured; needed to "
+                   "replace a served file that was built from a real source.")  # fmt: skip
 @handle_errors
-def nightly(config_path, interactions, database, model, top_n, seed) -> None:
+def nightly(config_path, interactions, database, model, top_n, seed, demo) -> None:
     """Train, choose, score every user and publish atomically to the served DuckDB file."""
+    if demo and interactions is not None:
+        raise click.UsageError("--demo and --interactions exclude each other")
     config = build_config(config_path, {
         "source.interactions": interactions, "output.database": database, "model.name": model,
         "scoring.top_n": top_n, "training.seed": seed,
     })  # fmt: skip
+    if demo:  # the demo's own users, items and features: no configured source applies
+        for key in SOURCES:
+            setattr(config.source, key.split(".")[1], "")
     refuse_if_running(config)
     from recsys.pipeline import nightly as run_nightly  # imports torch: after the lock check
 
-    summary = run_nightly(config)
+    summary = run_nightly(config, allow_demo=demo)
     click.echo(
         f"published run {summary.run_id}: {summary.model}, {summary.num_users} users x "
         f"{summary.num_items} items, {summary.num_rows} recommendations, "

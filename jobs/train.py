@@ -6,17 +6,13 @@ from pathlib import Path
 
 import click
 
-from jobs.common import SEED, build_config, config_option, handle_errors
+from jobs.common import SEED, build_config, config_option, handle_errors, interactions_option
 from recsys.files import check_writable
 
 
 @click.command()
 @config_option
-@click.option(
-    "--interactions",
-    default=None,
-    help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
-)
+@interactions_option
 @click.option("--model", default=None, help="A model name, or auto.")
 @click.option("--seed", type=SEED, default=None)
 @click.option("--out", "out", type=click.Path(dir_okay=False), default="model.pt", show_default=True,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recsys.errors import ConfigError, MissingInputError
+from recsys.errors import ConfigError, MissingInputError, UsageError
 
 
 @dataclass
@@ -217,6 +217,13 @@ def apply_env(config: Config, environ: typing.Mapping[str, str]) -> None:
         section, _, key = rest.partition("_")
         if section not in sections or not key:
             continue  # other RECSYS_* variables (e.g. test hooks) are not config
+        if f"{section}.{key}" in SOURCES and not value.strip():
+            # A cron line's unset variable: an empty source would quietly mean "none" (the
+            # demo data for interactions), so it is a usage error, not a setting.
+            raise UsageError(
+                f"environment variable {name} is set but empty; give a path, or unset it "
+                f"to leave [{section}] {key} as the config file has it"
+            )
         set_option(config, section, key, value, origin=f"environment variable {name}")
 
 
@@ -264,6 +271,9 @@ def _number(value: float | None) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# Settings naming an input: explicitly empty (an environment variable set to "") is refused.
+SOURCES = ("source.interactions", "source.user_features", "source.item_features",
+           "source.users_to_score")  # fmt: skip
 MAX_SEED = 2**63 - 1  # the runs table stores it as BIGINT; numpy takes no negative seeds
 # Settings the job cannot run with outside these; refused up front rather than as odd results
 # (a negative batch size trains nothing, a NaN margin turns the gate off).

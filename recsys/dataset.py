@@ -28,6 +28,8 @@ from recsys.data.tables import read_table
 from recsys.errors import DataError
 
 log = logging.getLogger(__name__)
+# The source label of the seeded demo data (runs.source, the ledger, checkpoints).
+DEMO_SOURCE = "demo data"
 
 
 @dataclass
@@ -60,7 +62,7 @@ def load_dataset(config: Config) -> Dataset:
             src.demo_users, src.demo_items, src.demo_interactions_per_user, config.training.seed
         )
         interactions = interactions_from_frame(
-            demo.interactions, "demo data", ColumnsConfig(), config.data
+            demo.interactions, DEMO_SOURCE, ColumnsConfig(), config.data
         )
         user_table = demo.user_features.rename({"user_id": "id"})
         item_table = demo.item_features.rename({"item_id": "id"})

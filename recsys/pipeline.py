@@ -22,9 +22,9 @@ from recsys.config import Config, validate
 from recsys.data.interactions import Interactions
 from recsys.data.split import temporal_split
 from recsys.data.tables import parse_source
-from recsys.dataset import Dataset, load_dataset
+from recsys.dataset import DEMO_SOURCE, Dataset, load_dataset
 from recsys.distributed import Group, stop_on_sigterm
-from recsys.errors import ConfigError, DataError, QualityGateError, RecsysError
+from recsys.errors import ConfigError, DataError, QualityGateError, RecsysError, UsageError
 from recsys.evaluate import ActivityMetric, Metric, activity_frame, evaluate_all, metrics_frame
 from recsys.ledger import now_iso
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
@@ -521,8 +521,27 @@ def _as_text(value: object) -> object:
     return json.dumps(value) if isinstance(value, dict | list) else value
 
 
+def check_demo_over_real(warehouse: Warehouse, source: str, allow_demo: bool) -> None:
+    """The demo data never replaces a file built from a real source unless asked to
+    (`nightly --demo`): a cron line whose variable is unset must not serve made-up lists."""
+    if source != DEMO_SOURCE or allow_demo:
+        return
+    served = warehouse.served_row()
+    if served and served.get("source") and served["source"] != DEMO_SOURCE:
+        raise UsageError(
+            f"{warehouse.served} serves run {served['run_id']}, built from {served['source']}; "
+            "this run has no source and would replace it with the demo data. Give "
+            "--interactions (or source.interactions), or use `recsys nightly --demo` to "
+            "replace it on purpose"
+        )
+
+
 def run_job(
-    config: Config, make_trained, run_id: str | None = None, stage: Stager | None = None
+    config: Config,
+    make_trained,
+    run_id: str | None = None,
+    stage: Stager | None = None,
+    allow_demo: bool = False,
 ) -> RunSummary:
     """Lock, record the run in the ledger, build the model with `make_trained(timer)`,
     stage its rows with `stage` (default: score them here), gate and publish. Any failure is
@@ -547,6 +566,7 @@ def run_job(
         try:
             faults.point("locked")
             trained = make_trained(timer)
+            check_demo_over_real(warehouse, trained.source, allow_demo)
             faults.point("trained")
             summary = publish_trained(
                 trained, config, run_id, started_at, warehouse, timer, stage, held
@@ -604,10 +624,12 @@ def input_paths(config: Config) -> dict[str, Path]:
     return found
 
 
-def nightly(config: Config, run_id: str | None = None) -> RunSummary:
+def nightly(config: Config, run_id: str | None = None, allow_demo: bool = False) -> RunSummary:
     check_settings(config)
 
     def make_trained(timer: Timer) -> TrainedModel:
+        if not config.source.interactions:  # refused before the demo data is even made
+            check_demo_over_real(Warehouse(config.output.database), DEMO_SOURCE, allow_demo)
         device = resolve_device(config.training.device)
         with timer.phase("load"):
             dataset = load_dataset(config)
@@ -615,7 +637,7 @@ def nightly(config: Config, run_id: str | None = None) -> RunSummary:
         with timer.phase("train"):
             return train_and_choose(dataset, config, device)
 
-    return run_job(config, make_trained, run_id)
+    return run_job(config, make_trained, run_id, allow_demo=allow_demo)
 
 
 # ------------------------------------------------------------------------- sharded runs

@@ -17,6 +17,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
+from jobs.cli import main
 from jobs.common import handle_errors
 from recsys import duck
 from tests.conftest import FAST_CONFIG, run_cli
@@ -274,3 +275,62 @@ def test_no_space_is_found_before_training(kit: dict, tmp_path: Path) -> None:
     (failed,) = [json.loads(line) for line in (db.parent / "recs.runs.jsonl").read_text().splitlines()
                  if '"failed"' in line]  # fmt: skip
     assert "load" in failed["timings"] and "train" not in failed["timings"]
+
+
+# ------------------------------------------ item 2: the demo data never replaces real lists
+
+
+@pytest.mark.parametrize("command", ["nightly", "train", "evaluate"])
+def test_an_empty_interactions_option_is_a_usage_error(command: str) -> None:
+    result = CliRunner().invoke(main, [command, "--interactions", ""])
+    assert result.exit_code == 2
+    assert "Invalid value for '--interactions': is empty" in result.output
+
+
+def test_an_empty_source_variable_is_a_usage_error(tmp_path: Path) -> None:
+    db = tmp_path / "recs.duckdb"
+    result = run_cli("nightly", "--database", str(db), env={"RECSYS_SOURCE_INTERACTIONS": ""})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: environment variable RECSYS_SOURCE_INTERACTIONS is set but empty; give a path, "
+        "or unset it to leave [source] interactions as the config file has it"
+    )
+    assert not db.exists()
+
+
+def test_demo_data_replaces_a_real_source_only_when_asked(
+    kit: dict, tmp_path: Path, planted_csv: Path
+) -> None:
+    config, db = str(kit["config"]), tmp_path / "wh" / "recs.duckdb"
+    args = ("nightly", "--config", config, "--database", str(db), "--model", "popularity")
+    assert run_cli(*args, "--interactions", str(planted_csv)).returncode == 0
+    real = read_served_source(db)
+    before = checksum(db)
+    result = run_cli(*args)  # the cron line's variable was unset: no source at all
+    assert result.returncode == 2, result.stderr
+    assert last_line(result) == (
+        f"error: {db} serves run {real[0]}, built from {planted_csv}; this run has no source "
+        "and would replace it with the demo data. Give --interactions (or source.interactions), "
+        "or use `recsys nightly --demo` to replace it on purpose"
+    )
+    assert "candidate" not in result.stderr  # refused before the demo data was even made
+    # A checkpoint trained on the demo data is held to the same rule.
+    result = run_cli("score", "--checkpoint", str(kit["checkpoint"]), "--config", config,
+                     "--database", str(db))  # fmt: skip
+    assert result.returncode == 2 and "replace it with the demo data" in last_line(result)
+    assert checksum(db) == before
+    result = run_cli(*args, "--demo", "--interactions", str(planted_csv))
+    assert (
+        result.returncode == 2 and "--demo and --interactions exclude each other" in result.stderr
+    )
+    result = run_cli(*args, "--demo", env={"RECSYS_SOURCE_INTERACTIONS": str(planted_csv)})
+    assert result.returncode == 0, result.stderr  # on purpose: the configured source is ignored
+    assert read_served_source(db)[1] == "demo data"
+    assert run_cli(*args).returncode == 0  # demo over demo needs no flag
+
+
+def read_served_source(db: Path) -> tuple[str, str]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.sql(
+            "select run_id, source from runs where status = 'published' order by run_id desc limit 1"
+        ).fetchall()[0]
