@@ -19,6 +19,7 @@ from recsys.config import MAX_SEED, Config, load_config, set_option, validate
 from recsys.errors import EX_SOFTWARE, RecsysError
 from recsys.files import umask_for
 from recsys.interrupts import sigterm_stops
+from recsys.redact import redact
 
 log = logging.getLogger("recsys.jobs")
 DEFAULT_CONFIG = Path("recsys.toml")
@@ -90,7 +91,7 @@ def handle_errors(f: Callable) -> Callable:
             raise  # usage errors found in the command itself: Click's own message and exit 2
         except RecsysError as exc:
             log.debug("failed", exc_info=True)
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {redact(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
@@ -99,7 +100,7 @@ def handle_errors(f: Callable) -> Callable:
             log.debug("unexpected error:\n%s", traceback.format_exc())
             run_log = logs.last_run_log()
             where = f"traceback in {run_log}" if run_log else f"at {_origin(exc)}; no run log"
-            click.echo(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            click.echo(f"error: unexpected {type(exc).__name__}: {redact(str(exc).splitlines()[0]) if str(exc) else ''}"
                        f" ({where})", err=True)  # fmt: skip
             sys.exit(EX_SOFTWARE)
 

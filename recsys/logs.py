@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from recsys.redact import redact
+
 FORMAT = "%(asctime)s %(levelname)s run=%(run_id)s %(name)s: %(message)s"
 
 
@@ -28,10 +30,17 @@ def last_run_log() -> Path | None:
     return _last_run_log
 
 
+class RedactingFormatter(logging.Formatter):
+    """Lines (tracebacks included) with credentials hidden, for the terminal and run logs."""
+
+    converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def _formatter() -> logging.Formatter:
-    formatter = logging.Formatter(FORMAT, datefmt="%Y-%m-%dT%H:%M:%SZ")
-    formatter.converter = time.gmtime
-    return formatter
+    return RedactingFormatter(FORMAT, datefmt="%Y-%m-%dT%H:%M:%SZ")
 
 
 def configure(level: int = logging.INFO) -> None:

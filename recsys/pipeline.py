@@ -36,6 +36,7 @@ from recsys.recommend import (
     similar_item_batches,
     similar_items_skipped,
 )
+from recsys.redact import redact
 from recsys.score import SeenMatrix, resolve_device, scoring_dtype
 from recsys.train import LOSSES, TrainSettings, fit
 from recsys.warehouse import StagedDatabase, Warehouse, duckdb_type
@@ -572,7 +573,7 @@ def run_job(
                 trained, config, run_id, started_at, warehouse, timer, stage, held
             )
         except BaseException as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = redact(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
             log.debug("run failed: %s", reason, exc_info=True)
             if warehouse.record_if_served(run_id, f"published, then {reason}"):
                 raise  # interrupted after the replace: served, and recorded so

@@ -28,6 +28,7 @@ from recsys import __version__
 from recsys.config import OutputConfig
 from recsys.errors import NotFoundError
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
+from recsys.redact import redact
 from recsys.state import StatePaths, state_paths
 from recsys.warehouse import QUERIES_DIR, has_table, open_read_only
 
@@ -716,7 +717,7 @@ ABSOLUTE_DIRS = re.compile(r"(?<![\w.:~/-])/(?:[^\s/:'\"]+/)+")
 
 def _e(value: Any) -> str:
     """Text for the page: escaped, with absolute paths cut to their file name."""
-    return html.escape(ABSOLUTE_DIRS.sub("", "" if value is None else str(value)))
+    return html.escape(ABSOLUTE_DIRS.sub("", redact("" if value is None else str(value))))
 
 
 def _num(value: Any, digits: int = 4) -> str:

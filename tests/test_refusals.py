@@ -334,3 +334,38 @@ def read_served_source(db: Path) -> tuple[str, str]:
         return con.sql(
             "select run_id, source from runs where status = 'published' order by run_id desc limit 1"
         ).fetchall()[0]
+
+
+# ------------------------------------------------- item 7 and hardening: checkpoints
+
+
+def test_checkpoints_that_cannot_be_loaded_are_refused_without_torchs_advice(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    class Payload:  # pickled by reference: a safe load must refuse to import and run it
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    empty, evil, partial = tmp_path / "empty.pt", tmp_path / "evil.pt", tmp_path / "partial.pt"
+    empty.write_bytes(b"")
+    torch.save({"format": "recsys-checkpoint/1", "x": Payload()}, evil)
+    torch.save({"format": "recsys-checkpoint/1", "model": "mf"}, partial)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,item_id\n1,1\n")
+    expected = {
+        empty: "checkpoint file is empty (expected one `recsys train` wrote)",
+        evil: "not a readable recsys checkpoint (a safe load refuses it: Trying to load "
+              "unsupported GLOBAL posix.system whose module posix is blocked.)",
+        partial: "incomplete recsys checkpoint (no hparams, model_args, num_users, num_items, "
+                 "state_dict, users, items, seen_indptr, seen_indices, catalogue, metrics, "
+                 "selection, source, num_interactions, seed)",
+    }  # fmt: skip
+    for checkpoint, message in expected.items():
+        result = run_cli("predict", "--checkpoint", str(checkpoint), "--pairs", str(pairs),
+                         "--out", str(tmp_path / "p.parquet"))  # fmt: skip
+        assert result.returncode == 65, result.stderr
+        assert result.stderr.strip() == f"error: {checkpoint}: {message}"
+        assert "weights_only" not in result.stderr
+    assert not (tmp_path / "ran").exists()

@@ -16,6 +16,7 @@ import polars as pl
 
 from recsys import duck
 from recsys.errors import DataError, MissingInputError
+from recsys.redact import redact
 
 # Headerless MovieLens layouts: file name -> (separator, column names).
 MOVIELENS_LAYOUTS: dict[str, tuple[str, list[str]]] = {
@@ -46,7 +47,8 @@ class TableSource:
 
     @property
     def label(self) -> str:
-        return f"{self.path}::{self.table}" if self.kind == "duckdb" else str(self.path)
+        """How messages, logs and runs.source name it: credentials in it are hidden."""
+        return redact(f"{self.path}::{self.table}" if self.kind == "duckdb" else str(self.path))
 
 
 def parse_source(spec: str) -> TableSource:
@@ -58,7 +60,9 @@ def parse_source(spec: str) -> TableSource:
     if spec.startswith("duckdb:"):
         path, sep, table = spec[len("duckdb:") :].partition("::")
         if not sep or not table.strip():
-            raise DataError(f"{spec}: expected duckdb:PATH::TABLE (or duckdb:PATH::SELECT ...)")
+            raise DataError(
+                f"{redact(spec)}: expected duckdb:PATH::TABLE (or duckdb:PATH::SELECT ...)"
+            )
         return TableSource(spec, "duckdb", Path(path), table.strip())
     path = Path(spec)
     if path.is_dir():
@@ -196,10 +200,10 @@ def _read_duckdb(source: TableSource) -> pl.DataFrame:
         raise DataError(f"{source.label}: table or view does not exist in {source.path}") from None
     except duckdb.IOException as exc:
         raise MissingInputError(
-            f"{source.path}: cannot open DuckDB file ({_first_line(exc)})"
+            redact(f"{source.path}: cannot open DuckDB file ({_first_line(exc)})")
         ) from None
     except duckdb.Error as exc:
-        raise DataError(f"{source.label}: query failed ({_first_line(exc)})") from None
+        raise DataError(f"{source.label}: query failed ({redact(_first_line(exc))})") from None
 
 
 def _quote_ident(name: str) -> str:
