@@ -369,3 +369,15 @@ def test_checkpoints_that_cannot_be_loaded_are_refused_without_torchs_advice(
         assert result.stderr.strip() == f"error: {checkpoint}: {message}"
         assert "weights_only" not in result.stderr
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+@pytest.mark.parametrize("command", ["nightly", "train", "evaluate"])
+def test_a_seed_numpy_or_the_runs_table_cannot_take_is_a_usage_error(
+    command: str, seed: str
+) -> None:
+    """Issue 13, item 7: refused by Click (exit 2) before any data loads, not after."""
+    result = CliRunner().invoke(main, [command, "--seed", seed])
+    assert result.exit_code == 2
+    assert "Invalid value for '--seed'" in result.output
+    assert "0<=x<=9223372036854775807" in result.output
