@@ -118,17 +118,19 @@ class ScoringConfig:
 @dataclass
 class OutputConfig:
     database: str = "warehouse/recs.duckdb"
-    # Published databases kept in <dir>/archive for rollback.
+    # Published databases kept in <dir>/<name>.archive for rollback (recsys.state).
     keep_archives: int = 5
     # Free disk needed before writing, as a multiple of the served file's size.
     free_space_factor: float = 2.0
+    # Run logs: "" = <dir>/<name>.logs beside the database.
     log_dir: str = ""
     # Latest interactions per user published in user_history ("because you liked/watched"
     # look-ups); 0 = all of them.
     history_n: int = 0
     # Write the HTML run report after every publish (a failure there is only a warning).
     report: bool = True
-    # Where: <report_dir>/report-<run_id>.html and report-latest.html; "" = the database's folder.
+    # Where: <report_dir>/<name>.report-<run_id>.html and <name>.report-latest.html; "" = the
+    # database's folder.
     report_dir: str = ""
     # Run reports kept in report_dir (oldest deleted first); 0 = keep all.
     keep_reports: int = 30
