@@ -71,6 +71,17 @@ def run_cli(
     )
 
 
+def invoke(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `recsys ARGS` in this process (Click's runner: no second torch import, so seconds
+    faster than `run_cli`), answered like a subprocess run: returncode, stdout, stderr."""
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+
+    result = CliRunner().invoke(main, list(args), env=env)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
 def read_table(database: Path, sql: str) -> pl.DataFrame:
     import duckdb
 

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from recsys import duck, synthetic
-from tests.conftest import FAST_CONFIG, RECSYS, read_table, run_cli
+from tests.conftest import FAST_CONFIG, RECSYS, invoke, read_table
 
 SECRET = "hunter2"
 
@@ -34,14 +34,14 @@ def test_credentials_in_a_source_spec_are_hidden_everywhere(tmp_path: Path, sour
     config = tmp_path / "c.toml"
     config.write_text(FAST_CONFIG)
     db = tmp_path / "wh" / "recs.duckdb"
-    result = run_cli("nightly", "--config", str(config), "--database", str(db), "--model",
+    result = invoke("nightly", "--config", str(config), "--database", str(db), "--model",
                      "popularity", "--interactions", spec, env={"RECSYS_OUTPUT_REPORT": "true"})  # fmt: skip
     assert result.returncode == 0, result.stderr
     shown = read_table(db, "select source from runs")["source"][0]
     assert shown == (f"{source}::select user_id, item_id from events where "
                      "'password=*** https://bob:***@example.com' <> ''")  # fmt: skip
     failing = spec.replace("item_id from", "no_such_column, item_id from")
-    failed = run_cli("nightly", "--config", str(config), "--database", str(db), "--model",
+    failed = invoke("nightly", "--config", str(config), "--database", str(db), "--model",
                      "popularity", "--interactions", failing)  # fmt: skip
     assert failed.returncode == 65 and "query failed" in failed.stderr
     written = [*db.parent.rglob("*.jsonl"), *db.parent.rglob("*.log"), *db.parent.glob("*.html")]

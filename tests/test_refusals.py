@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from jobs.cli import main
 from jobs.common import handle_errors
 from recsys import duck
-from tests.conftest import FAST_CONFIG, run_cli
+from tests.conftest import FAST_CONFIG, invoke
 
 # Why a write into a read-only folder fails: a read-only mount as root, permissions otherwise.
 REFUSED = os.strerror(errno.EROFS if os.geteuid() == 0 else errno.EACCES)
@@ -41,11 +41,11 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     config = root / "recsys.toml"
     config.write_text(FAST_CONFIG)
     checkpoint = root / "pop.pt"
-    result = run_cli(
+    result = invoke(
         "train", "--config", str(config), "--model", "popularity", "--out", str(checkpoint)
     )
     assert result.returncode == 0, result.stderr
-    result = run_cli("score", "--checkpoint", str(checkpoint), "--config", str(config),
+    result = invoke("score", "--checkpoint", str(checkpoint), "--config", str(config),
                      "--database", str(root / "wh" / "recs.duckdb"))  # fmt: skip
     assert result.returncode == 0, result.stderr
     return {"config": config, "checkpoint": checkpoint, "template": root / "wh"}
@@ -92,7 +92,7 @@ def test_read_only_served_folder_is_73_before_training(
     db = tmp_path / "wh" / "recs.duckdb"
     before, ledger = checksum(db), (tmp_path / "wh" / "recs.runs.jsonl").read_text()
     read_only(tmp_path / "wh")
-    result = run_cli("nightly", "--config", str(kit["config"]), "--database", str(db))
+    result = invoke("nightly", "--config", str(kit["config"]), "--database", str(db))
     assert result.returncode == 73, result.stderr
     assert last_line(result) == (
         f"error: {db.parent}: cannot write the served database there ({REFUSED}); nothing was done"
@@ -108,7 +108,7 @@ def test_unwritable_log_dir_is_73_before_training(kit: dict, tmp_path: Path, rea
     (tmp_path / "logs").mkdir()
     read_only(tmp_path / "logs")
     before = checksum(db)
-    result = run_cli("nightly", "--config", str(kit["config"]), "--database", str(db),
+    result = invoke("nightly", "--config", str(kit["config"]), "--database", str(db),
                      env={"RECSYS_OUTPUT_LOG_DIR": str(tmp_path / "logs")})  # fmt: skip
     assert result.returncode == 73, result.stderr
     assert last_line(result) == (
@@ -138,7 +138,7 @@ def test_unwritable_outputs_are_73_before_reading(
         "train": ["train", "--config", config, "--model", "popularity", "--out", str(out / "m.pt")],
         "report": ["report", "--database", db, "--out", str(out / "r.html")],
     }[command]  # fmt: skip
-    result = run_cli(*args)
+    result = invoke(*args)
     assert result.returncode == 73, result.stderr
     assert last_line(result).startswith(f"error: {out}")
     assert "cannot write" in last_line(result) and "Traceback" not in result.stderr
@@ -171,13 +171,13 @@ def test_a_served_path_that_is_not_a_recsys_database_is_never_replaced(
     for served, message in cases.items():
         before = checksum(served) if served.is_file() else None
         # (given as the setting: Click refuses a folder as --database itself, with exit 2)
-        result = run_cli("score", "--checkpoint", ckpt, "--config", config,
+        result = invoke("score", "--checkpoint", ckpt, "--config", config,
                          env={"RECSYS_SOURCE_INTERACTIONS": str(csv),
                               "RECSYS_OUTPUT_DATABASE": str(served)})  # fmt: skip
         assert (result.returncode, last_line(result)) == (73, message), result.stderr
         assert before is None or checksum(served) == before
     # The input given as a DuckDB table is protected the same way.
-    result = run_cli("score", "--checkpoint", ckpt, "--config", config, "--database", str(theirs),
+    result = invoke("score", "--checkpoint", ckpt, "--config", config, "--database", str(theirs),
                      env={"RECSYS_SOURCE_INTERACTIONS": f"duckdb:{theirs}::events"})  # fmt: skip
     assert result.returncode == 73 and "is also the input (source.interactions)" in result.stderr
 
@@ -210,13 +210,13 @@ def test_readers_on_a_file_that_is_not_a_recsys_database(tmp_path: Path, command
     text.write_text("not a database\n")
     args = {"show": ["show", "user", "1"], "export": ["export", "--out", str(tmp_path / "x")],
             "report": ["report", "--out", str(tmp_path / "r.html")]}[command]  # fmt: skip
-    result = run_cli(*args, "--database", str(theirs))
+    result = invoke(*args, "--database", str(theirs))
     assert result.returncode == 65, result.stderr
     assert result.stderr.strip() == (
         f"error: {theirs}: not a recsys database (no runs or recommendations table); give the "
         "file `recsys nightly` publishes (output.database or --database)"
     )
-    result = run_cli(*args, "--database", str(text))
+    result = invoke(*args, "--database", str(text))
     assert result.returncode == 66, result.stderr
     assert result.stderr.strip().startswith(f"error: {text}: cannot open as DuckDB")
 
@@ -261,14 +261,14 @@ def test_top_n_beyond_the_catalogue_needs_no_phantom_disk(kit: dict, tmp_path: P
     db = tmp_path / "wh" / "recs.duckdb"
     env = {"RECSYS_FAULT_FREE_BYTES": str(8 * 2**20), "RECSYS_SCORING_SIMILAR_ITEMS_N": "100000",
            "RECSYS_OUTPUT_FREE_SPACE_FACTOR": "1"}  # fmt: skip
-    result = run_cli("nightly", "--config", str(kit["config"]), "--database", str(db), "--model",
+    result = invoke("nightly", "--config", str(kit["config"]), "--database", str(db), "--model",
                      "popularity", "--top-n", "100000", env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr
 
 
 def test_no_space_is_found_before_training(kit: dict, tmp_path: Path) -> None:
     db = tmp_path / "wh" / "recs.duckdb"
-    result = run_cli("nightly", "--config", str(kit["config"]), "--database", str(db),
+    result = invoke("nightly", "--config", str(kit["config"]), "--database", str(db),
                      env={"RECSYS_FAULT_FREE_BYTES": "1000"})  # fmt: skip
     assert result.returncode == 73, result.stderr
     assert "MiB needed to build the new database" in last_line(result)
@@ -289,7 +289,7 @@ def test_an_empty_interactions_option_is_a_usage_error(command: str) -> None:
 
 def test_an_empty_source_variable_is_a_usage_error(tmp_path: Path) -> None:
     db = tmp_path / "recs.duckdb"
-    result = run_cli("nightly", "--database", str(db), env={"RECSYS_SOURCE_INTERACTIONS": ""})
+    result = invoke("nightly", "--database", str(db), env={"RECSYS_SOURCE_INTERACTIONS": ""})
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: environment variable RECSYS_SOURCE_INTERACTIONS is set but empty; give a path, "
@@ -303,10 +303,10 @@ def test_demo_data_replaces_a_real_source_only_when_asked(
 ) -> None:
     config, db = str(kit["config"]), tmp_path / "wh" / "recs.duckdb"
     args = ("nightly", "--config", config, "--database", str(db), "--model", "popularity")
-    assert run_cli(*args, "--interactions", str(planted_csv)).returncode == 0
+    assert invoke(*args, "--interactions", str(planted_csv)).returncode == 0
     real = read_served_source(db)
     before = checksum(db)
-    result = run_cli(*args)  # the cron line's variable was unset: no source at all
+    result = invoke(*args)  # the cron line's variable was unset: no source at all
     assert result.returncode == 2, result.stderr
     assert last_line(result) == (
         f"error: {db} serves run {real[0]}, built from {planted_csv}; this run has no source "
@@ -315,18 +315,18 @@ def test_demo_data_replaces_a_real_source_only_when_asked(
     )
     assert "candidate" not in result.stderr  # refused before the demo data was even made
     # A checkpoint trained on the demo data is held to the same rule.
-    result = run_cli("score", "--checkpoint", str(kit["checkpoint"]), "--config", config,
+    result = invoke("score", "--checkpoint", str(kit["checkpoint"]), "--config", config,
                      "--database", str(db))  # fmt: skip
     assert result.returncode == 2 and "replace it with the demo data" in last_line(result)
     assert checksum(db) == before
-    result = run_cli(*args, "--demo", "--interactions", str(planted_csv))
+    result = invoke(*args, "--demo", "--interactions", str(planted_csv))
     assert (
         result.returncode == 2 and "--demo and --interactions exclude each other" in result.stderr
     )
-    result = run_cli(*args, "--demo", env={"RECSYS_SOURCE_INTERACTIONS": str(planted_csv)})
+    result = invoke(*args, "--demo", env={"RECSYS_SOURCE_INTERACTIONS": str(planted_csv)})
     assert result.returncode == 0, result.stderr  # on purpose: the configured source is ignored
     assert read_served_source(db)[1] == "demo data"
-    assert run_cli(*args).returncode == 0  # demo over demo needs no flag
+    assert invoke(*args).returncode == 0  # demo over demo needs no flag
 
 
 def read_served_source(db: Path) -> tuple[str, str]:
@@ -363,7 +363,7 @@ def test_checkpoints_that_cannot_be_loaded_are_refused_without_torchs_advice(
                  "selection, source, num_interactions, seed)",
     }  # fmt: skip
     for checkpoint, message in expected.items():
-        result = run_cli("predict", "--checkpoint", str(checkpoint), "--pairs", str(pairs),
+        result = invoke("predict", "--checkpoint", str(checkpoint), "--pairs", str(pairs),
                          "--out", str(tmp_path / "p.parquet"))  # fmt: skip
         assert result.returncode == 65, result.stderr
         assert result.stderr.strip() == f"error: {checkpoint}: {message}"

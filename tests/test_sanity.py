@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tests.conftest import FAST_CONFIG, read_table, run_cli
+from tests.conftest import FAST_CONFIG, invoke, read_table
 
 
 def checksum(path: Path) -> str:
@@ -22,7 +22,7 @@ def nightly(tmp_path: Path, config_text: str, *args: str, env: dict | None = Non
     config = tmp_path / "c.toml"
     config.write_text(config_text)
     db = tmp_path / "wh" / "recs.duckdb"
-    result = run_cli("nightly", "--config", str(config), "--database", str(db), *args, env=env)
+    result = invoke("nightly", "--config", str(config), "--database", str(db), *args, env=env)
     return result, db
 
 

@@ -12,7 +12,7 @@ import pytest
 from recsys.lock import RunLock
 from recsys.state import state_paths
 from recsys.warehouse import Warehouse
-from tests.conftest import FAST_CONFIG, read_table, run_cli
+from tests.conftest import FAST_CONFIG, invoke, read_table
 
 
 def checksum(path: Path) -> str:
@@ -25,14 +25,14 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = folder / "recsys.toml"
     config.write_text(FAST_CONFIG + "\n[output]\nkeep_archives = 1\n")
     out = folder / "bpr.pt"
-    result = run_cli("train", "--config", str(config), "--model", "bpr", "--out", str(out))
+    result = invoke("train", "--config", str(config), "--model", "bpr", "--out", str(out))
     assert result.returncode == 0, result.stderr
     return out
 
 
 def score(checkpoint: Path, database: Path, env: dict | None = None):
     config = checkpoint.parent / "recsys.toml"
-    return run_cli("score", "--checkpoint", str(checkpoint), "--config", str(config),
+    return invoke("score", "--checkpoint", str(checkpoint), "--config", str(config),
                    "--database", str(database), env={"RECSYS_OUTPUT_REPORT": "true", **(env or {})})  # fmt: skip
 
 
@@ -65,7 +65,7 @@ def test_two_databases_in_one_folder_share_nothing(checkpoint: Path, tmp_path: P
     # A run of recs.duckdb is not a rollback point of other.duckdb, even when its archived file
     # is copied into other's archive by hand: other's ledger does not list it.
     before = checksum(other)
-    result = run_cli("rollback", recs_runs[1], "--database", str(other))
+    result = invoke("rollback", recs_runs[1], "--database", str(other))
     assert result.returncode == 66
     assert result.stderr.strip() == (
         f"error: run {recs_runs[1]} is not a published run of {other} (its ledger "
@@ -73,7 +73,7 @@ def test_two_databases_in_one_folder_share_nothing(checkpoint: Path, tmp_path: P
     )
     os.link(tmp_path / "recs.archive" / f"{recs_runs[1]}.duckdb",
             tmp_path / "other.archive" / f"{recs_runs[1]}.duckdb")  # fmt: skip
-    result = run_cli("rollback", recs_runs[1], "--database", str(other))
+    result = invoke("rollback", recs_runs[1], "--database", str(other))
     assert result.returncode == 66 and "does not list it" in result.stderr
     assert checksum(other) == before and served_run(other) == other_runs[0]
 
@@ -105,7 +105,7 @@ def test_archives_of_the_old_folder_wide_layout_are_adopted(
         os.replace(tmp_path / "recs.archive" / f"{run_id}.duckdb", legacy / f"{run_id}.duckdb")
     foreign = legacy / "20000101T000000000000Z.duckdb"  # another database's
     foreign.write_bytes(b"theirs")
-    result = run_cli("rollback", first, "--database", str(recs))
+    result = invoke("rollback", first, "--database", str(recs))
     assert result.returncode == 0, result.stderr
     assert served_run(recs) == first
     assert Warehouse(recs).archived_runs() == [first, second]
