@@ -544,10 +544,12 @@ def run_job(
     stage: Stager | None = None,
     allow_demo: bool = False,
 ) -> RunSummary:
-    """Lock, record the run in the ledger, build the model with `make_trained(timer)`,
-    stage its rows with `stage` (default: score them here), gate and publish. Any failure is
-    recorded as 'failed' with its one-line reason, then re-raised. Without `run_id` one is
-    made under the lock, so published ids only go forwards."""
+    """Check the target (exit 73 before any work), lock, record the run in the ledger, build
+    the model with `make_trained(timer)`, stage its rows with `stage` (default: score them
+    here), gate and publish. Any failure is recorded as 'failed' with its one-line reason,
+    then re-raised; a signal that arrives once the publish began waits until the run is
+    recorded (`recsys.interrupts`). Without `run_id` one is made under the lock, so published
+    ids only go forwards. The demo data replaces a real source's run only with `allow_demo`."""
     warehouse = Warehouse(
         config.output.database, config.output.keep_archives, config.output.free_space_factor
     )

@@ -343,9 +343,9 @@ class Warehouse:
         return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
     def check_target(self, inputs: dict[str, Path], log_dir: Path) -> None:
-        """Before any work (under the lock): the served path is one this job may replace
-        (not a folder, not one of its inputs, not a file recsys did not write) and every
-        folder the run writes is writable. Refused with exit 73; nothing is touched."""
+        """Before any work, even the lock: the served path is one this job may replace (not a
+        folder, not one of its inputs, not a file recsys did not write) and every folder the
+        run writes is writable. Refused with exit 73, leaving no trace (no ledger line)."""
         served = self.served
         if served.is_dir():
             raise CannotWriteError(
