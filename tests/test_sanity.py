@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from tests.conftest import FAST_CONFIG, invoke, read_table
 
@@ -47,6 +48,8 @@ def test_flat_scores_and_a_model_far_below_popularity_are_refused(tmp_path: Path
     assert failed_reason(db).startswith("quality gate failed: every recommendation score is 0")
 
 
+# torch warns that the learning-rate schedule steps without any optimizer step: the point here.
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
 def test_a_model_no_optimizer_step_reached_is_refused(tmp_path: Path) -> None:
     """Rated 5 (positive at threshold 5) is only each user's latest interaction, which the
     split holds out: the ranking loss trains on nothing, and without a refit nothing else."""
