@@ -16,13 +16,19 @@ from typing import Any
 import click
 
 from recsys import lock, logs, progress
-from recsys.config import Config, load_config, set_option
+from recsys.config import MAX_SEED, Config, load_config, set_option, validate
 from recsys.errors import EX_SOFTWARE, RecsysError
+from recsys.files import umask_for
+from recsys.interrupts import sigterm_stops
+from recsys.redact import redact
 
 log = logging.getLogger("recsys.jobs")
 DEFAULT_CONFIG = Path("recsys.toml")
 # Where the `recsys` group leaves the stderr log level (-v, -q, --log-level) for its commands.
 LOG_LEVEL = "recsys.log_level"
+# --seed: refused by Click (exit 2) before anything loads when numpy or the runs table
+# could not take it.
+SEED = click.IntRange(0, MAX_SEED)
 
 
 def config_option(f: Callable) -> Callable:
@@ -35,9 +41,22 @@ def config_option(f: Callable) -> Callable:
     )(f)
 
 
+def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An option given as "" (a cron line's unset variable) is refused, not taken as unset:
+    an empty --interactions would otherwise train on the demo data."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty (leave the option out to use the config's value)")
+    return value
+
+
+def interactions_option(f: Callable) -> Callable:
+    return click.option("--interactions", default=None, callback=not_empty,
+                        help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.")(f)  # fmt: skip
+
+
 def database_option(f: Callable) -> Callable:
     return click.option("--database", type=click.Path(dir_okay=False), default=None,
-                        help="Served DuckDB file (default: output.database).")(f)  # fmt: skip
+                        callback=not_empty, help="Served DuckDB file (default: output.database).")(f)  # fmt: skip
 
 
 class ModelChoice(click.Choice):
@@ -94,6 +113,9 @@ def build_config(config_path: str | None, overrides: dict[str, Any]) -> Config:
             section, key = dotted.split(".")
             set_option(config, section, key, value, origin=f"option for {section}.{key}",
                        source="option")  # fmt: skip
+    validate(config)
+    # Files for others to read get the same permissions whatever umask cron or a shell gave.
+    os.umask(umask_for(config.output.file_mode))
     return config
 
 
@@ -126,12 +148,13 @@ def handle_errors(f: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         logs.configure(stderr_level())
         try:
-            return f(*args, **kwargs)
+            with sigterm_stops(lambda: "stopped by SIGTERM"):  # recorded and cleaned up like ^C
+                return f(*args, **kwargs)
         except click.ClickException:
             raise  # usage errors found in the command itself: Click's own message and exit 2
         except RecsysError as exc:
             log.debug("failed", exc_info=True)
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {redact(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except BrokenPipeError:
             stop_writing_stdout()
@@ -141,8 +164,10 @@ def handle_errors(f: Callable) -> Callable:
             sys.exit(130)
         except Exception as exc:  # unexpected: one line on stderr, the traceback in the run log
             log.debug("unexpected error:\n%s", traceback.format_exc())
-            click.echo(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                       " (traceback in the run log)", err=True)  # fmt: skip
+            run_log = logs.last_run_log()
+            where = f"traceback in {run_log}" if run_log else f"at {_origin(exc)}; no run log"
+            click.echo(f"error: unexpected {type(exc).__name__}: {redact(str(exc).splitlines()[0]) if str(exc) else ''}"
+                       f" ({where})", err=True)  # fmt: skip
             sys.exit(EX_SOFTWARE)
 
     return wrapper
@@ -155,3 +180,14 @@ def stop_writing_stdout() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
+
+
+def _origin(exc: BaseException) -> str:
+    """Where in this project's code an unexpected error was raised (file:line), for a command
+    that writes no run log to hold its traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    root = Path(__file__).resolve().parent.parent
+    ours = [f for f in frames if Path(f.filename).resolve().is_relative_to(root)]
+    frame = (ours or frames)[-1]
+    path = Path(frame.filename).resolve()
+    return f"{path.relative_to(root) if path.is_relative_to(root) else path.name}:{frame.lineno}"

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import click
 
-from jobs.common import build_config, config_option, handle_errors, job_progress, model_option
+from jobs.common import (
+    SEED,
+    build_config,
+    config_option,
+    handle_errors,
+    interactions_option,
+    job_progress,
+    model_option,
+)
 
 
 @click.command()
 @config_option
-@click.option(
-    "--interactions",
-    default=None,
-    help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
-)
+@interactions_option
 @model_option("A model, or auto for all the candidates.")
 @click.option(
     "--k", "k", type=click.IntRange(min=1), default=None, help="Cut-off for top-N metrics."
 )
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=SEED, default=None)
 @handle_errors
 def evaluate(config_path, interactions, model, k, seed) -> None:
     """Train each candidate on each user's earlier interactions and report its metrics on
@@ -29,8 +33,9 @@ def evaluate(config_path, interactions, model, k, seed) -> None:
         # torch is imported only by the commands that use it, so every other one starts fast.
         from recsys.dataset import load_dataset
         from recsys.score import resolve_device
-        from recsys.select import compare_candidates
+        from recsys.select import check_settings, compare_candidates
 
+        check_settings(config)
         device = resolve_device(config.training.device)
         comparison = compare_candidates(load_dataset(config), config, device)
     models = list(dict.fromkeys(m.model for m in comparison.metrics))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from jobs.common import build_config, config_option, handle_errors
+from recsys.files import check_writable
 
 
 @click.command()
@@ -24,6 +27,7 @@ from jobs.common import build_config, config_option, handle_errors
 def predict(checkpoint, pairs, out, config_path) -> None:
     """Predict a rating (rating models) or score for every (user_id, item_id) pair."""
     config = build_config(config_path, {})
+    check_writable(Path(out).resolve().parent, "predictions")  # before any scoring
     # torch is imported only by the commands that use it, so every other one starts fast.
     from recsys.checkpoint import load_checkpoint
     from recsys.predict import predict_file

@@ -35,12 +35,12 @@ def runs(config_path, database, limit, verbose) -> None:
         metrics = _as_dict(run.get("metrics"))
         model = run.get("model") or "-"
         value = metrics.get(f"{model}.{metric}")
-        message = run.get("message") or ""
+        message = str(run.get("message") or "")
         if run.get("rolled_back_at"):
             message += f" (served again by rollback at {run['rolled_back_at']})"
         click.echo(
-            f"{'*' if run.get('served') else ' '} {run['run_id']:<22}  {run.get('status', '?'):<9}  "
-            f"{model:<10}  {run.get('num_rows') or '-':>9}  "
+            f"{'*' if run.get('served') else ' '} {run['run_id']:<22}  {str(run.get('status', '?')):<9}  "
+            f"{str(model):<10}  {str(run.get('num_rows') or '-'):>9}  "
             f"{'-' if value is None else f'{value:.4f}':>9}  "
             f"{sum(timings.values()):>7.1f}  {message}"
         )
@@ -53,7 +53,15 @@ def runs(config_path, database, limit, verbose) -> None:
 
 
 def _as_dict(value) -> dict:
-    """Timings and metrics are JSON text in the served file's runs table, objects in the ledger."""
+    """Timings and metrics are JSON text in the served file's runs table, objects in the ledger;
+    only their numbers are shown (a hand-edited ledger may hold anything)."""
     if isinstance(value, str):
-        value = json.loads(value or "{}")
-    return value if isinstance(value, dict) else {}
+        try:
+            value = json.loads(value or "{}")
+        except json.JSONDecodeError:
+            value = {}
+    if not isinstance(value, dict):
+        return {}
+    return {
+        k: v for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from jobs.common import build_config, config_option, handle_errors, job_progress, model_option
+from jobs.common import (
+    SEED,
+    build_config,
+    config_option,
+    handle_errors,
+    interactions_option,
+    job_progress,
+    model_option,
+)
+from recsys.files import check_writable
 
 
 @click.command()
 @config_option
-@click.option(
-    "--interactions",
-    default=None,
-    help="u.data, .csv, .parquet, a MovieLens folder, or duckdb:PATH::TABLE.",
-)
+@interactions_option
 @model_option("A model, or auto to train the candidates and keep the best.")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=SEED, default=None)
 @click.option("--out", "out", type=click.Path(dir_okay=False), default="model.pt", show_default=True,
               help="Checkpoint file to write.")  # fmt: skip
 @handle_errors
@@ -30,8 +37,10 @@ def train(config_path, interactions, model, seed, out) -> None:
         from recsys.checkpoint import save_checkpoint
         from recsys.dataset import load_dataset
         from recsys.score import resolve_device
-        from recsys.select import train_and_choose
+        from recsys.select import check_settings, train_and_choose
 
+        check_settings(config)
+        check_writable(Path(out).resolve().parent, "the checkpoint")  # before hours of training
         device = resolve_device(config.training.device)
         trained = train_and_choose(load_dataset(config), config, device)
         save_checkpoint(trained, out)

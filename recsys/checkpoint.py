@@ -41,6 +41,12 @@ class TrainedModel:
     source: str = ""
     num_interactions: int = 0
     seed: int = 0
+    # Whether training changed the weights (closed form, or at least one optimizer step);
+    # None for checkpoints written before this was recorded.
+    fitted: bool | None = None
+    # Popularity's validation metrics on the same split when it was not a candidate: the
+    # sanity gate's floor (not published as a candidate's metrics).
+    baseline: list[Metric] = field(default_factory=list)
 
 
 def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
@@ -68,6 +74,8 @@ def save_checkpoint(trained: TrainedModel, path: str | Path) -> None:
         "source": trained.source,
         "num_interactions": trained.num_interactions,
         "seed": trained.seed,
+        "fitted": trained.fitted,
+        "baseline": [[m.model, m.metric, m.k, m.value] for m in trained.baseline],
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -78,17 +86,25 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
     path = Path(path)
     if not path.exists():
         raise MissingInputError(f"{path}: checkpoint not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: checkpoint file is empty (expected one `recsys train` wrote)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise DataError(
-            f"{path}: not a readable recsys checkpoint ({str(exc).splitlines()[0]})"
-        ) from None
+        raise DataError(f"{path}: not a readable recsys checkpoint ({_load_error(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(f"{path}: not a recsys checkpoint (expected format {FORMAT})")
+    missing = [key for key in REQUIRED if key not in payload]
+    if missing:
+        raise DataError(f"{path}: incomplete recsys checkpoint (no {', '.join(missing)})")
     model = build_model(payload["model"], payload["num_users"], payload["num_items"],
                         model_args=payload["model_args"], **payload["hparams"])  # fmt: skip
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise DataError(
+            f"{path}: its weights do not fit model '{payload['model']}' ({_load_error(exc)})"
+        ) from None
     return TrainedModel(
         model=model.eval(),
         users=IdMap.from_list(payload["users"]),
@@ -104,4 +120,24 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
         source=payload["source"],
         num_interactions=payload["num_interactions"],
         seed=payload["seed"],
+        fitted=payload.get("fitted"),
+        baseline=[Metric(*row) for row in payload.get("baseline", [])],
     )
+
+
+# What every checkpoint of this format holds (later additions are read with defaults).
+REQUIRED = ("model", "hparams", "model_args", "num_users", "num_items", "state_dict", "users",
+            "items", "seen_indptr", "seen_indices", "catalogue", "metrics", "selection",
+            "source", "num_interactions", "seed")  # fmt: skip
+
+
+def _load_error(exc: BaseException) -> str:
+    """torch's reason in one line, without its advice to load with weights_only=False: that
+    would run whatever code the file carries, and checkpoints never need it."""
+    text = str(exc).strip()
+    if text.startswith("Weights only load failed"):
+        advice = ("Please file an issue", "Check the documentation")
+        details = [line.strip() for line in text.splitlines()[1:]
+                   if line.strip() and not line.startswith(advice)]  # fmt: skip
+        return "a safe load refuses it" + (f": {details[0]}" if details else "")
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -6,7 +6,9 @@ Precedence (lowest first): dataclass defaults < recsys.toml < RECSYS_SECTION_KEY
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recsys.errors import ConfigError, MissingInputError
+from recsys.errors import ConfigError, MissingInputError, UsageError
 
 
 @dataclass
@@ -141,11 +143,11 @@ class ScoringConfig:
 @dataclass
 class OutputConfig:
     database: str = "warehouse/recs.duckdb"
-    # Published databases kept in <dir>/archive for rollback.
+    # Published databases kept in <dir>/<name>.archive for rollback (recsys.state).
     keep_archives: int = 5
     # Free disk needed before writing, as a multiple of the served file's size.
     free_space_factor: float = 2.0
-    # Each run's full log (DEBUG lines, tracebacks) as <log_dir>/<run_id>.log; "" = <dir>/logs.
+    # Run logs: "" = <dir>/<name>.logs beside the database.
     log_dir: str = ""
     # Off a terminal (cron), a progress line at this interval in seconds through the whole
     # job (phase, step, rate, ETA); 0 = none. On a terminal a bar shows progress instead.
@@ -155,10 +157,14 @@ class OutputConfig:
     history_n: int = 0
     # Write the HTML run report after every publish (a failure there is only a warning).
     report: bool = True
-    # Where: <report_dir>/report-<run_id>.html and report-latest.html; "" = the database's folder.
+    # Where: <report_dir>/<name>.report-<run_id>.html and <name>.report-latest.html; "" = the
+    # database's folder.
     report_dir: str = ""
     # Run reports kept in report_dir (oldest deleted first); 0 = keep all.
     keep_reports: int = 30
+    # Permissions of everything the jobs create (the served file, archives, reports, logs,
+    # ledger, exports), whatever the umask; folders get x where r is set (644 -> 755).
+    file_mode: str = "644"
 
 
 @dataclass
@@ -168,6 +174,9 @@ class GateConfig:
     max_row_ratio: float = 3.0
     # Validation metric may drop by at most this much (absolute) from the last published run.
     max_metric_drop: float = 0.05
+    # The absolute check: the served model's validation metric may be at most this share
+    # below popularity's on the same split (0.5: at least half of it).
+    max_below_popularity: float = 0.5
 
 
 @dataclass
@@ -209,6 +218,12 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
                 raw = tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError as exc:
+            line = path.read_bytes()[: exc.start].count(b"\n") + 1
+            raise ConfigError(
+                f"{path}: line {line} is not UTF-8 text (byte {exc.object[exc.start]:#04x}); "
+                "TOML files must be UTF-8"
+            ) from None
         except OSError as exc:
             raise MissingInputError(f"{path}: cannot read config ({exc.strerror})") from None
         apply_mapping(config, raw, origin=str(path))
@@ -241,6 +256,13 @@ def apply_env(config: Config, environ: typing.Mapping[str, str]) -> None:
         section, _, key = rest.partition("_")
         if section not in sections or not key:
             continue  # other RECSYS_* variables (e.g. test hooks) are not config
+        if f"{section}.{key}" in SOURCES and not value.strip():
+            # A cron line's unset variable: an empty source would quietly mean "none" (the
+            # demo data for interactions), so it is a usage error, not a setting.
+            raise UsageError(
+                f"environment variable {name} is set but empty; give a path, or unset it "
+                f"to leave [{section}] {key} as the config file has it"
+            )
         origin, source = f"environment variable {name}", f"env {name}"
         table, _, nested_key = key.partition("_")
         if dataclasses.is_dataclass(getattr(getattr(config, section), table, None)):
@@ -276,29 +298,130 @@ def _set(
         return
     hint = typing.get_type_hints(type(target))[key]
     value = coerce(value, hint, f"{origin}: [{section}] {key}")
-    least = MINIMUMS.get(f"{section}.{key}")
-    if least is not None and value < least:
-        raise ConfigError(
-            f"{origin}: [{section}] {key} = {value!r} is below {least!r}, the least that works"
-        )
+    check_range(f"{section}.{key}", value, f"{origin}: [{section}] {key}")
     setattr(target, key, value)
     config.origins[f"{section}.{key}"] = source or origin
 
 
-# Settings the job cannot run with below these; refused up front rather than as odd results.
-MINIMUMS: dict[str, float] = {
-    "scoring.top_n": 1,
-    "scoring.similar_items_n": 0,
-    "output.keep_archives": 0,
-    "output.free_space_factor": 0.0,
-    "output.keep_reports": 0,
-    "output.progress_seconds": 0.0,
-    "gate.max_row_ratio": 1.0,
-    "gate.max_metric_drop": 0.0,
-    "model.tuning.budget_seconds": 0.0,
-    "model.tuning.trials": 1,
-    "training.candidate_workers": 0,
+@dataclass(frozen=True)
+class Range:
+    """Closed or half-open numeric bounds: what a setting must lie in to make sense."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (
+            self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        )
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return f"{'above' if self.low_open else 'at least'} {low}"
+        if self.low is None:
+            return f"{'below' if self.high_open else 'at most'} {high}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number(value: float | None) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# Settings naming an input: explicitly empty (an environment variable set to "") is refused.
+SOURCES = ("source.interactions", "source.user_features", "source.item_features",
+           "source.users_to_score")  # fmt: skip
+MAX_SEED = 2**63 - 1  # the runs table stores it as BIGINT; numpy takes no negative seeds
+# Settings the job cannot run with outside these; refused up front rather than as odd results
+# (a negative batch size trains nothing, a NaN margin turns the gate off).
+RANGES: dict[str, Range] = {
+    "source.demo_users": Range(1),
+    "source.demo_items": Range(2),
+    "source.demo_interactions_per_user": Range(1),
+    "features.numeric_buckets": Range(1),
+    "data.positive_threshold": Range(0),
+    "data.holdout_fraction": Range(0, 1, low_open=True, high_open=True),
+    "data.min_user_interactions": Range(1),
+    "model.selection_k": Range(1),
+    "model.dim": Range(0),
+    "training.batch_size": Range(1),
+    "training.patience": Range(0),
+    "training.seed": Range(0, MAX_SEED),
+    "training.threads": Range(1),
+    "scoring.top_n": Range(1),
+    "scoring.memory_budget_bytes": Range(0),
+    "scoring.similar_items_n": Range(0),
+    "output.keep_archives": Range(0),
+    "output.free_space_factor": Range(0),
+    "output.history_n": Range(0),
+    "output.keep_reports": Range(0),
+    "gate.max_row_ratio": Range(1),
+    "gate.max_metric_drop": Range(0),
+    "gate.max_below_popularity": Range(0, 1),
+    "output.progress_seconds": Range(0),
+    "model.tuning.budget_seconds": Range(0),
+    "model.tuning.trials": Range(1),
+    "training.candidate_workers": Range(0),
 }
+# Settings with a fixed set of values (devices: a CUDA index may follow, e.g. cuda:1).
+CHOICES: dict[str, str] = {
+    "training.device": r"auto|cpu|cuda(:\d+)?|mps",
+    "scoring.device": r"auto|cpu|cuda(:\d+)?|mps",
+    "scoring.dtype": r"float32|float16|bfloat16",
+    "output.file_mode": r"0?[0-7]{3}",
+}
+CHOICE_TEXT = {"training.device": "auto, cpu, cuda, cuda:N or mps",
+               "scoring.device": "auto, cpu, cuda, cuda:N or mps",
+               "scoring.dtype": "float32, float16 or bfloat16",
+               "output.file_mode": "an octal mode such as 644"}  # fmt: skip
+NON_EMPTY = ("columns.user", "columns.item", "columns.rating", "columns.timestamp",
+             "features.separator", "output.database")  # fmt: skip
+
+
+def check_range(dotted: str, value: Any, where: str) -> None:
+    """Refuse a value outside RANGES or CHOICES, or an empty NON_EMPTY string."""
+    allowed = RANGES.get(dotted)
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"{where} = {value!r} must be {allowed}")
+    pattern = CHOICES.get(dotted)
+    if pattern is not None and not re.fullmatch(pattern, str(value)):
+        raise ConfigError(f"{where} = {value!r} unknown (expected {CHOICE_TEXT[dotted]})")
+    if dotted in NON_EMPTY and not str(value).strip():
+        raise ConfigError(f"{where} is empty (expected a name)")
+
+
+def validate(config: Config) -> None:
+    """Every setting in range, and the ones that depend on each other consistent: called once
+    all sources (defaults, file, environment, options) are applied, before any work."""
+    for section in dataclasses.fields(config):
+        _validate_table(section.name, getattr(config, section.name))
+    data = config.data
+    if not data.min_rating < data.max_rating:
+        raise ConfigError(
+            f"[data] min_rating = {data.min_rating:g} must be below max_rating = {data.max_rating:g}"
+        )
+    if data.positive_threshold > data.max_rating:
+        raise ConfigError(
+            f"[data] positive_threshold = {data.positive_threshold:g} is above max_rating = "
+            f"{data.max_rating:g}, so no rating would count as positive"
+        )
+
+
+def _validate_table(name: str, values: Any) -> None:
+    """Every value of one table (and of its nested tables, e.g. [model.tuning]) finite and in
+    range."""
+    for f in dataclasses.fields(values):
+        value = getattr(values, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate_table(f"{name}.{f.name}", value)
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"[{name}] {f.name} = {value!r} must be a finite number")
+        check_range(f"{name}.{f.name}", value, f"[{name}] {f.name}")
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
@@ -342,9 +465,12 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, found {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, found {value!r}") from None
+        if not math.isfinite(number):  # nan would switch off every comparison made with it
+            raise ConfigError(f"{where}: expected a finite number, found {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a string, found {value!r}")

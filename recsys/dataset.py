@@ -28,6 +28,8 @@ from recsys.data.tables import read_table
 from recsys.errors import DataError
 
 log = logging.getLogger(__name__)
+# The source label of the seeded demo data (runs.source, the ledger, checkpoints).
+DEMO_SOURCE = "demo data"
 
 
 @dataclass
@@ -60,10 +62,11 @@ def load_dataset(config: Config) -> Dataset:
             src.demo_users, src.demo_items, src.demo_interactions_per_user, config.training.seed
         )
         interactions = interactions_from_frame(
-            demo.interactions, "demo data", ColumnsConfig(), config.data
+            demo.interactions, DEMO_SOURCE, ColumnsConfig(), config.data
         )
         user_table = demo.user_features.rename({"user_id": "id"})
         item_table = demo.item_features.rename({"item_id": "id"})
+    check_positives(interactions, config.data.positive_threshold)
     specs = {
         "user": src.user_features or "demo user features",
         "item": src.item_features or "demo item features",
@@ -92,6 +95,19 @@ def load_dataset(config: Config) -> Dataset:
         active = np.bincount(interactions.frame[f"{side}_idx"].to_numpy(), minlength=len(ids)) > 0
         sides.append(encode_side(ids, table, kinds, config.features, side, active=active))
     return Dataset(interactions, catalogue(interactions, item_table), *sides)
+
+
+def check_positives(interactions: Interactions, threshold: float) -> None:
+    """Refuse data where no rating counts as positive: every ranking model and metric would
+    learn and measure nothing (validation NDCG 0), yet the run would look like it worked."""
+    if threshold <= 0 or not interactions.has_ratings:
+        return
+    best = float(interactions.frame["rating"].max())
+    if best < threshold:
+        raise DataError(
+            f"{interactions.source}: no rating reaches data.positive_threshold = {threshold:g} "
+            f"(the highest is {best:g}), so there would be no positive interactions; lower it"
+        )
 
 
 def read_users_to_score(spec: str, config: Config) -> pl.DataFrame | None:

@@ -12,14 +12,13 @@ import contextlib
 import logging
 import os
 import re
-import signal
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from recsys.errors import RecsysError, Terminated
+from recsys.errors import RecsysError
+from recsys.interrupts import sigterm_stops
 
 if TYPE_CHECKING:
     import torch
@@ -133,22 +132,16 @@ def stop_on_sigterm(why: Callable[[], str]) -> Iterator[None]:
     """Turn SIGTERM into a `Terminated` error here, so the run records why it stopped: torchrun
     sends it to every rank when one rank fails. `why()` adds what is known (failed ranks)."""
 
-    def handler(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it for good
-        if sys.exc_info()[1] is not None:
-            # Already failing (torchrun stops every rank when one dies, and this rank's
-            # barrier often notices first): let the run record its own reason undisturbed.
-            return
+    def message() -> str:
+        # Already failing is left alone by sigterm_stops: torchrun stops every rank when one
+        # dies, and this rank's barrier often notices first, with the better reason.
         known = ""
         with contextlib.suppress(Exception):
             known = why()
-        raise Terminated(
+        return (
             "stopped by SIGTERM (under torchrun: another rank failed or the job was cancelled)"
             + (f": {known}" if known else "")
         )
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
+    with sigterm_stops(message):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -6,7 +6,7 @@ EX_SOFTWARE = 1  # anything unexpected
 EX_USAGE = 2  # Click's own code for bad command-line usage
 EX_DATAERR = 65  # bad input data or a failed quality gate
 EX_NOINPUT = 66  # an input file missing or unreadable
-EX_CANTCREAT = 73  # not enough free disk to build the new database
+EX_CANTCREAT = 73  # cannot write an output: no free disk, a read-only folder, ...
 EX_TEMPFAIL = 75  # another run holds the lock (or the served file); try later
 EX_TERMINATED = 143  # stopped by SIGTERM (128 + 15, as a shell reports it)
 
@@ -45,6 +45,18 @@ class NoSpaceError(RecsysError):
     """Not enough free disk to build the new database."""
 
     exit_code = EX_CANTCREAT
+
+
+class CannotWriteError(RecsysError):
+    """An output file or folder cannot be written (read-only, a directory in the way, ...)."""
+
+    exit_code = EX_CANTCREAT
+
+
+class UsageError(RecsysError):
+    """The command line asks for something it cannot mean (e.g. an empty --interactions)."""
+
+    exit_code = EX_USAGE
 
 
 class AlreadyRunningError(RecsysError):

@@ -4,7 +4,8 @@ RECSYS_FAULT_RESUME=<path> the pause ends as soon as that file exists.
 
 Points, in order: starting (before the lock), locked, trained, staged, gated (the staged
 file is closed and passed), archived (hard-linked into archive/), published (the served file
-is replaced; the ledger does not know yet). A rollback pauses at published too. A sharded
+is replaced; the ledger does not know yet), recorded (the ledger says published; the report
+is next). A rollback pauses at published too. A sharded
 rank (`score --parts`) pauses at scoring, with its first rows in its temporary part file;
 RECSYS_FAULT_RANK=<rank> limits the pause to that torchrun rank (RANK).
 """
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 PAUSE_ENV = "RECSYS_FAULT_PAUSE"
 RESUME_ENV = "RECSYS_FAULT_RESUME"
 RANK_ENV = "RECSYS_FAULT_RANK"
-POINTS = ("starting", "locked", "trained", "scoring", "staged", "gated", "archived", "published")
+POINTS = ("starting", "locked", "trained", "scoring", "staged", "gated", "archived", "published",
+          "recorded")  # fmt: skip
 
 
 def point(name: str) -> None:

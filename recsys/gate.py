@@ -16,6 +16,8 @@ class GateInput:
     metric: str  # the selection metric, e.g. ndcg
     k: int | None
     value: float | None  # this run's validation value of the served model
+    popularity: float | None = None  # popularity's value on the same split (the floor)
+    fitted: bool | None = None  # any optimizer step (closed form counts); None: not known
 
 
 def check(
@@ -55,6 +57,7 @@ def check(
         )
     if nan_scores:
         problems.append(f"{nan_scores} recommendation scores are NaN or infinite")
+    problems += check_absolute(staged, gate, current)
     if previous is None or not previous.run_id:
         return problems
     if previous.num_rows and num_rows:
@@ -72,6 +75,36 @@ def check(
                 f"validation {current.metric}{f'@{current.k}' if current.k else ''} fell from "
                 f"{old:.4f} to {current.value:.4f} "
                 f"(more than gate.max_metric_drop = {gate.max_metric_drop:g})"
+            )
+    return problems
+
+
+def check_absolute(staged: StagedDatabase, gate: GateConfig, current: GateInput) -> list[str]:
+    """Checks that need no earlier run (the first run has none): the model was trained at
+    all, its scores rank something, and it is not far below popularity on validation."""
+    problems: list[str] = []
+    if current.fitted is False:
+        problems.append(
+            "the model was never trained (zero optimizer steps: no training batch reached it; "
+            "check training.batch_size, the model's epochs and data.positive_threshold)"
+        )
+    low, high, num_rows = staged.query(
+        "select min(score), max(score), count(*) from recommendations"
+    )[0]
+    if num_rows > 1 and low == high:
+        problems.append(
+            f"every recommendation score is {low:g}: the model ranks nothing (its weights may "
+            "all be equal, e.g. init_std near 0 or a learning rate near 0)"
+        )
+    value, floor = current.value, current.popularity
+    if value is not None and floor is not None and current.metric not in LOWER_IS_BETTER:
+        least = floor * (1 - gate.max_below_popularity)
+        if value < least:
+            label = f"{current.metric}{f'@{current.k}' if current.k else ''}"
+            problems.append(
+                f"validation {label} {value:.4f} is below popularity's {floor:.4f} by more than "
+                f"gate.max_below_popularity = {gate.max_below_popularity:g} (at least "
+                f"{least:.4f} needed)"
             )
     return problems
 

@@ -8,14 +8,24 @@ skip and the next append closes off.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 STATUSES = ("running", "published", "failed", "abandoned")
+# What a run id may hold: it names files and is written into the DDL of a run's tables.
+RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 RUN_ID_FORMAT = "%Y%m%dT%H%M%S%fZ"
+
+
+def is_run_id(value: object) -> bool:
+    return isinstance(value, str) and RUN_ID.fullmatch(value) is not None
 
 
 def now_iso() -> str:
@@ -44,7 +54,7 @@ class Ledger:
     def append(self, run_id: str, **fields: Any) -> None:
         line = json.dumps({"run_id": run_id, "at": now_iso(), **fields}, default=str) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             # A run killed mid-append leaves a line without its newline; glued to it, this
             # event would be unreadable too, so start a fresh line.
@@ -61,13 +71,19 @@ class Ledger:
         if not self.path.exists():
             return []
         events = []
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, 1):
             try:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a torn line from a killed run
-            if isinstance(event, dict) and "run_id" in event:
-                events.append(event)
+            if not isinstance(event, dict) or not is_run_id(event.get("run_id")):
+                # Hand-edited or foreign: one such line must not stop every later run.
+                log.warning(
+                    "%s line %d: not a run event (no text run_id); ignored", self.path, number
+                )
+                continue
+            events.append(event)
         return events
 
     def runs(self) -> list[dict[str, Any]]:

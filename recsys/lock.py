@@ -1,4 +1,4 @@
-"""The job's exclusive lock: `fcntl.flock` on `<dir>/nightly.lock`, never waited on.
+"""The job's exclusive lock: `fcntl.flock` on `<dir>/<database name>.lock`, never waited on.
 
 Only the standard library here, so a second run refuses (exit 75) before it loads torch.
 """
@@ -10,9 +10,9 @@ import os
 import time
 from pathlib import Path
 
-from recsys.errors import AlreadyRunningError
+from recsys.errors import AlreadyRunningError, CannotWriteError
+from recsys.state import state_paths
 
-LOCK_NAME = "nightly.lock"
 # A probe (below) holds the lock for microseconds; retrying this long means a probe never
 # turns a run away, while a real holder (a run lasts seconds at least) still does at once.
 PATIENCE_S = 0.1
@@ -32,8 +32,8 @@ def _flock(fd: int) -> bool:
 
 
 def lock_path(database: str | Path) -> Path:
-    """The lock guarding the served file `database` (one per folder)."""
-    return Path(database).resolve().parent / LOCK_NAME
+    """The lock guarding the served file `database` (one per database, not per folder)."""
+    return state_paths(database).lock
 
 
 class RunLock:
@@ -45,8 +45,14 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by children
+        except OSError as exc:  # a read-only folder: refused before any work, exit 73
+            raise CannotWriteError(
+                f"{self.path}: cannot create the run lock ({exc.strerror}); the database's "
+                "folder must be writable"
+            ) from None
         if not _flock(fd):
             holder = os.pread(fd, 200, 0).decode(errors="replace")
             os.close(fd)

@@ -3,6 +3,7 @@ score every user -> stage -> gate -> publish. Jobs call these; they hold no CLI 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -11,15 +12,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
 
-from recsys import faults, gate, logs, progress, report, shard
+from recsys import faults, gate, interrupts, logs, progress, report, shard
 from recsys.checkpoint import TrainedModel, load_checkpoint
 from recsys.config import Config
-from recsys.dataset import load_dataset
+from recsys.data.tables import parse_source
+from recsys.dataset import DEMO_SOURCE, Dataset, load_dataset
 from recsys.distributed import Group, stop_on_sigterm
-from recsys.errors import QualityGateError, RecsysError
+from recsys.errors import QualityGateError, RecsysError, UsageError
 from recsys.evaluate import activity_frame, metrics_frame
 from recsys.ledger import now_iso
 from recsys.metrics import RANKING_METRICS
@@ -28,8 +31,9 @@ from recsys.recommend import (
     similar_item_batches,
     similar_items_skipped,
 )
+from recsys.redact import redact
 from recsys.score import resolve_device, scoring_dtype
-from recsys.select import train_and_choose
+from recsys.select import check_settings, train_and_choose
 from recsys.version import code_version
 from recsys.warehouse import Published, StagedDatabase, Warehouse, duckdb_type
 
@@ -125,8 +129,26 @@ def stage_results(
             num_similar = _stage_similar_items(staged, trained, config, device)
         return num_rows, num_similar
 
-    expected = len(trained.users) * top + len(trained.items) * config.scoring.similar_items_n
+    expected = expected_rows(len(trained.users), len(trained.items), config)
     return _stage(trained, run_id, warehouse, expected, fill)
+
+
+def expected_rows(num_users: int, num_items: int, config: Config) -> int:
+    """Most rows scoring can write: a user gets at most every item, an item every other one
+    (top_n beyond the catalogue must not ask for disk that can never be used)."""
+    top, similar = config.scoring.top_n, config.scoring.similar_items_n
+    return num_users * min(top, num_items) + num_items * min(similar, max(num_items - 1, 0))
+
+
+def check_space_before_training(dataset: Dataset, config: Config) -> None:
+    """The free-space check, with the loaded data's sizes, before hours of training; the
+    publish checks again before it writes."""
+    data = dataset.interactions
+    per_user = np.bincount(data.frame["user_idx"].to_numpy(), minlength=data.num_users)
+    n = config.output.history_n
+    history = int(np.minimum(per_user, n).sum()) if n > 0 else len(data)
+    warehouse = Warehouse(config.output.database, free_space_factor=config.output.free_space_factor)
+    warehouse.check_free_space(expected_rows(data.num_users, data.num_items, config) + history)
 
 
 def _stage_similar_items(
@@ -204,10 +226,12 @@ def publish_trained(
     timer: Timer,
     stage: Stager | None = None,
     force_publish: str = "",
+    held: interrupts.Held | None = None,
 ) -> RunSummary:
     """Stage (by default: score every user here), gate and publish one run of a trained model
     (the lock must be held). `force_publish` (a reason) publishes past the gate's comparisons
-    with the last published run, never past its checks of this run's own rows."""
+    with the last published run, never past its checks of this run's own rows. From the
+    publish on, SIGINT and SIGTERM are `held`."""
     previous = warehouse.published()
     if stage is None:
         device = resolve_device(config.scoring.device)
@@ -216,8 +240,8 @@ def publish_trained(
         )
     else:
         staged, num_rows, num_similar = stage(trained, run_id, warehouse, timer)
-    faults.point("staged")
     try:
+        faults.point("staged")
         with timer.phase("publish"):
             metric, k = config.model.selection_metric, config.model.selection_k
             value = next(
@@ -228,7 +252,13 @@ def publish_trained(
                 ),
                 None,
             )
-            current = gate.GateInput(metric, k if metric in RANKING_METRICS else None, value)
+            k = k if metric in RANKING_METRICS else None
+            popularity = next(
+                (m.value for m in [*trained.metrics, *trained.baseline]
+                 if m.model == "popularity" and m.metric == metric and m.k == k),
+                None,
+            )  # fmt: skip
+            current = gate.GateInput(metric, k, value, popularity, trained.fitted)
             forced = _gate(staged, config, current, previous, force_publish)
             message = trained.selection + forced
             history = _history(warehouse, trained, run_id, started_at, num_rows, timer.seconds,
@@ -247,6 +277,8 @@ def publish_trained(
             staged.insert_frame("metrics_by_activity", new_activity)
             staged.close()
             faults.point("gated")
+            if held is not None:
+                held.hold()  # the replace and its ledger line are not to be cut apart
             warehouse.publish(staged, run_id)
     except BaseException:
         warehouse.discard(staged)
@@ -326,24 +358,47 @@ def _as_text(value: object) -> object:
     return json.dumps(value) if isinstance(value, dict | list) else value
 
 
+def check_demo_over_real(warehouse: Warehouse, source: str, allow_demo: bool) -> None:
+    """The demo data never replaces a file built from a real source unless asked to
+    (`nightly --demo`): a cron line whose variable is unset must not serve made-up lists."""
+    if source != DEMO_SOURCE or allow_demo:
+        return
+    served = warehouse.served_row()
+    if served and served.get("source") and served["source"] != DEMO_SOURCE:
+        raise UsageError(
+            f"{warehouse.served} serves run {served['run_id']}, built from {served['source']}; "
+            "this run has no source and would replace it with the demo data. Give "
+            "--interactions (or source.interactions), or use `recsys nightly --demo` to "
+            "replace it on purpose"
+        )
+
+
 def run_job(
     config: Config,
     make_trained,
     run_id: str | None = None,
     stage: Stager | None = None,
     force_publish: str = "",
+    allow_demo: bool = False,
 ) -> RunSummary:
-    """Lock, record the run in the ledger, build the model with `make_trained(timer)`,
-    stage its rows with `stage` (default: score them here), gate (see `_gate` for
-    `force_publish`) and publish. Any failure is recorded as 'failed' with its one-line
-    reason, then re-raised. Without `run_id` one is made under the lock, so published ids
-    only go forwards."""
+    """Check the target (exit 73 before any work), lock, record the run in the ledger, build
+    the model with `make_trained(timer)`, stage its rows with `stage` (default: score them
+    here), gate (see `_gate` for `force_publish`) and publish. Any failure is recorded as
+    'failed' with its one-line reason, then re-raised; a signal that arrives once the publish
+    began waits until the run is recorded (`recsys.interrupts`). Without `run_id` one is made
+    under the lock, so published ids only go forwards. The demo data replaces a real source's
+    run only with `allow_demo`."""
     warehouse = Warehouse(
         config.output.database, config.output.keep_archives, config.output.free_space_factor
     )
-    log_dir = Path(config.output.log_dir) if config.output.log_dir else warehouse.dir / "logs"
+    log_dir = Path(config.output.log_dir) if config.output.log_dir else warehouse.paths.logs
+    warehouse.check_target(input_paths(config), log_dir)
     faults.point("starting")
-    with warehouse.lock(run_id) as run_id, logs.run_log(log_dir / f"{run_id}.log", run_id):
+    with (
+        warehouse.lock(run_id) as run_id,
+        logs.run_log(log_dir / f"{run_id}.log", run_id),
+        interrupts.Held("publishing: the run is recorded first") as held,
+    ):
         started_at = now_iso()
         warehouse.ledger.append(run_id, status="running", started_at=started_at, seed=config.training.seed,
                                 code_version=code_version())  # fmt: skip
@@ -352,11 +407,12 @@ def run_job(
         try:
             faults.point("locked")
             trained = make_trained(timer)
+            check_demo_over_real(warehouse, trained.source, allow_demo)
             faults.point("trained")
             summary = publish_trained(trained, config, run_id, started_at, warehouse, timer, stage,
-                                      force_publish)  # fmt: skip
+                                      force_publish, held)  # fmt: skip
         except BaseException as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = redact(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
             log.debug("run failed: %s", reason, exc_info=True)
             if warehouse.record_if_served(run_id, f"published, then {reason}"):
                 raise  # interrupted after the replace: served, and recorded so
@@ -388,21 +444,44 @@ def run_job(
                 for m in trained.metrics
             },
         )
-        if config.output.report:  # published already: a failed report is only a warning
+        faults.point("recorded")
+        if held.received:  # published and recorded: the exit is 0, whatever came meanwhile
+            log.warning("run %s is published and recorded; %s arrived after its publish began, "
+                        "so the run report is skipped and the exit is 0", run_id,
+                        " and ".join(dict.fromkeys(held.received)))  # fmt: skip
+        elif config.output.report:  # published already: a failed report is only a warning
             progress.set_phase("report")
             summary.report = report.publish_report(config.output, warehouse.served, run_id)
         return summary
 
 
-def nightly(config: Config, run_id: str | None = None, force_publish: str = "") -> RunSummary:
+def input_paths(config: Config) -> dict[str, Path]:
+    """The files the configured sources read (a publish must never replace one of them)."""
+    found = {}
+    for key in ("interactions", "user_features", "item_features", "users_to_score"):
+        spec = getattr(config.source, key)
+        if spec:
+            with contextlib.suppress(RecsysError, OSError):  # reading it reports what is wrong
+                found[f"source.{key}"] = parse_source(spec).path
+    return found
+
+
+def nightly(
+    config: Config, run_id: str | None = None, allow_demo: bool = False, force_publish: str = ""
+) -> RunSummary:
+    check_settings(config)
+
     def make_trained(timer: Timer) -> TrainedModel:
+        if not config.source.interactions:  # refused before the demo data is even made
+            check_demo_over_real(Warehouse(config.output.database), DEMO_SOURCE, allow_demo)
         device = resolve_device(config.training.device)
         with timer.phase("load"):
             dataset = load_dataset(config)
+        check_space_before_training(dataset, config)
         with timer.phase("train"):
             return train_and_choose(dataset, config, device)
 
-    return run_job(config, make_trained, run_id, force_publish=force_publish)
+    return run_job(config, make_trained, run_id, force_publish=force_publish, allow_demo=allow_demo)
 
 
 # ------------------------------------------------------------------------- sharded runs

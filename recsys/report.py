@@ -28,12 +28,13 @@ import polars as pl
 from recsys.config import OutputConfig
 from recsys.errors import NotFoundError
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
+from recsys.redact import redact
+from recsys.state import StatePaths, state_paths
 from recsys.version import code_version
 from recsys.warehouse import QUERIES_DIR, Warehouse, has_table, open_read_only
 
 log = logging.getLogger(__name__)
 
-LATEST = "report-latest.html"
 HISTORY_RUNS = 30  # published runs in the metric history
 RECENT_RUNS = 10  # runs of any status in the run list
 SCORE_BINS = 40
@@ -344,7 +345,7 @@ def open_for_run(database: Path, run_id: str | None) -> Iterator[tuple[Any, str,
                 f"run {run_id} is not in {database}'s runs table "
                 f"(recent runs: {', '.join(recent) or 'none'}; `recsys runs` lists them)"
             )
-    archived = database.parent / "archive" / f"{run_id}.duckdb"
+    archived = state_paths(database).archived(run_id)
     if archived.exists():
         with open_read_only(archived) as con:
             yield con, str(archived), run_id, served_run_id(con) == run_id
@@ -389,11 +390,14 @@ def write_report(
     default_selection: tuple[str, int | None] = ("ndcg", 10),
     folder: str | Path | None = None,
 ) -> tuple[Path, str]:
-    """Write the report to `out` (default: `folder`/report-<run_id>.html, `folder` defaulting
-    to the database's) atomically: a reader never sees half a file. Returns (path, run_id)."""
+    """Write the report to `out` (default: `folder`/<name>.report-<run_id>.html, `folder`
+    defaulting to the database's) atomically: a reader never sees half a file. Returns
+    (path, run_id)."""
     database = Path(database)
     run_id, text = build_report(database, run_id, default_selection)
-    out = Path(out) if out else Path(folder or database.parent) / f"report-{run_id}.html"
+    out = (
+        Path(out) if out else state_paths(database).report(Path(folder or database.parent), run_id)
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -409,14 +413,16 @@ def report_dir(output: OutputConfig, served: Path) -> Path:
 
 
 def publish_report(output: OutputConfig, served: Path, run_id: str) -> str:
-    """After a publish: write `report-<run_id>.html`, point `report-latest.html` at it and prune
-    old reports. Never raises (the run is published already); returns the path, or ''."""
+    """After a publish: write `<name>.report-<run_id>.html`, point `<name>.report-latest.html`
+    at it and prune this database's old reports. Never raises (the run is published already);
+    returns the path, or ''."""
     folder = report_dir(output, served)
+    paths = state_paths(served)
     try:
-        path, _ = write_report(served, folder / f"report-{run_id}.html", run_id)
-        update_latest(path, folder / LATEST)
-        prune_reports(folder, output.keep_reports)
-        clear_stale_temporaries(folder)
+        path, _ = write_report(served, paths.report(folder, run_id), run_id)
+        update_latest(path, paths.latest_report(folder))
+        prune_reports(paths, folder, output.keep_reports)
+        clear_stale_temporaries(paths, folder)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else ""
         log.warning("run report not written to %s (%s: %s); the run is published all the same",
@@ -442,20 +448,20 @@ def update_latest(report: Path, latest: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def clear_stale_temporaries(folder: Path, older_than_s: float = 3600) -> None:
+def clear_stale_temporaries(paths: StatePaths, folder: Path, older_than_s: float = 3600) -> None:
     """Temporary report files of writers killed mid-write (an hour old: not someone's now)."""
     now = time.time()
-    for tmp in folder.glob(".report-*.tmp"):
+    for tmp in folder.glob(f".{paths.name}.report-*.tmp"):
         with contextlib.suppress(OSError):
             if now - tmp.stat().st_mtime > older_than_s:
                 tmp.unlink()
 
 
-def prune_reports(folder: Path, keep: int) -> None:
+def prune_reports(paths: StatePaths, folder: Path, keep: int) -> None:
+    """Keep this database's newest `keep` reports in `folder` (another's stay as they are)."""
     if keep <= 0:
         return
-    reports = sorted(p for p in folder.glob("report-*.html") if p.name != LATEST)
-    for old in reports[:-keep]:
+    for old in paths.reports(folder)[:-keep]:
         old.unlink(missing_ok=True)
 
 
@@ -752,8 +758,14 @@ SECTIONS = (
 )
 
 
+# An absolute path's folders (up to its last part): a report is mailed and shared, and the
+# server's layout is not for its readers.
+ABSOLUTE_DIRS = re.compile(r"(?<![\w.:~/-])/(?:[^\s/:'\"]+/)+")
+
+
 def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
+    """Text for the page: escaped, with absolute paths cut to their file name."""
+    return html.escape(ABSOLUTE_DIRS.sub("", redact("" if value is None else str(value))))
 
 
 def _num(value: Any, digits: int = 4) -> str:

@@ -20,7 +20,7 @@ import torch
 
 from recsys import progress
 from recsys.checkpoint import TrainedModel
-from recsys.config import Config
+from recsys.config import Config, validate
 from recsys.data.interactions import Interactions
 from recsys.data.split import holdout_split
 from recsys.dataset import Dataset
@@ -36,12 +36,12 @@ from recsys.evaluate import (
     rank_held_out,
 )
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
-from recsys.models import build_model, selectable_class
+from recsys.models import SELECTABLE, build_model, selectable_class
 from recsys.models.base import Recommender
 from recsys.models.blend import Blend
 from recsys.models.fm import feature_args
 from recsys.score import SeenMatrix
-from recsys.train import TrainSettings, fit
+from recsys.train import LOSSES, TrainSettings, fit
 from recsys.tune import Tuned, tune
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,28 @@ def candidate_names(config: Config) -> list[str]:
             f"unknown selection metric '{metric}' (expected one of: {', '.join(RANKING_METRICS + RATING_METRICS)})"
         )
     return names
+
+
+def check_settings(config: Config) -> None:
+    """Everything about the settings that can be refused before any data is read: ranges,
+    model names, the selection metric, and every [model.params.NAME] table (each key's type
+    and range), whether or not that model is a candidate this time."""
+    validate(config)
+    names = candidate_names(config)
+    for name in config.model.params:
+        if name not in SELECTABLE:
+            raise ConfigError(
+                f"[model.params.{name}]: unknown model '{name}' "
+                f"(expected one of: {', '.join(SELECTABLE)})"
+            )
+    for name in dict.fromkeys([*names, *config.model.params]):
+        params = selectable_class(name).checked_hparams(model_params(config, name))
+        loss = params.get("loss")
+        if loss is not None and loss not in LOSSES:
+            raise ConfigError(
+                f"model '{name}': [model.params.{name}] loss = {loss!r} unknown "
+                f"(expected one of: {', '.join(LOSSES)})"
+            )
 
 
 def model_params(config: Config, name: str) -> dict[str, Any]:
@@ -390,7 +412,7 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
         names = (
             [m.name for m in comparison.blend.members] if comparison.blend else [comparison.best]
         )
-        models = []
+        models, steps = [], []
         for name in names:
             result = comparison.tuned[name]
             progress.set_step(f"refit {name}")
@@ -401,12 +423,16 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
             fit_result = fit(model, data, None, settings, epochs=epochs)
             log.info("refit %s: done in %.1fs", name, fit_result.seconds)
             models.append(model)
+            steps.append(fit_result.steps if model.trainable else 1)  # closed form: fitted
         model = (
             Blend.of(models, comparison.blend.hparams["weights"]) if comparison.blend else models[0]
         )
+        fitted = all(step > 0 for step in steps)
         seen = data
     else:
         model = comparison.blend or comparison.tuned[comparison.best].model
+        served = model.members if comparison.blend else [model]
+        fitted = all(not m.trainable or comparison.tuned[m.name].best_epoch > 0 for m in served)
         seen = Validation(dataset, config, device).train
     indptr, indices = seen.csr()
     return TrainedModel(
@@ -422,7 +448,20 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
         source=data.source,
         num_interactions=len(data),
         seed=config.training.seed,
+        fitted=fitted,
+        baseline=[]
+        if "popularity" in comparison.tuned
+        else popularity_baseline(dataset, config, device),
     )
+
+
+def popularity_baseline(dataset: Dataset, config: Config, device: torch.device) -> list[Metric]:
+    """Popularity's validation metrics on the comparison's holdout when it was not a
+    candidate: the floor the sanity gate holds the served model to (closed form: cheap)."""
+    check = Validation(dataset, config, device)
+    model = new_model("popularity", dataset, config, {})
+    fit(model, check.train, check.valid, train_settings(config, device))
+    return check.evaluate(model)[0]
 
 
 def recent_history(data: Interactions, n: int) -> pl.DataFrame:

@@ -21,13 +21,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from recsys import faults
+from recsys import duck, faults
 from recsys.checkpoint import TrainedModel
 from recsys.config import ScoringConfig
 from recsys.errors import DataError, MissingInputError
@@ -442,7 +441,7 @@ def _check_rows(parts: Parts, trained: TrainedModel) -> list[str]:
         per_query["similar_items"] = np.full(len(queries), min(k, len(queries) - 1))
         ids["similar_items"] = trained.items.ids.gather(queries)
     problems = []
-    with duckdb.connect() as con:
+    with duck.connect() as con:
         for table, rows_of in per_query.items():
             key = TABLES[table]
             for manifest in parts.manifests:

@@ -54,6 +54,9 @@ class FitResult:
     best_epoch: int
     history: list[dict[str, float]]
     seconds: float
+    # Optimizer steps taken; 0 means the weights are as initialised (the sanity gate refuses
+    # such a model). Closed-form models take none and count as fitted.
+    steps: int = 0
 
 
 class NegativeSampler:
@@ -166,6 +169,7 @@ def _fit(
     history: list[dict[str, float]] = []
     best_value, best_epoch, best_state, stale = math.inf, 0, None, 0
     n = users.numel()
+    steps = 0
     for epoch in range(1, max_epochs + 1):
         model.train()
         order = torch.randperm(n, generator=generator)
@@ -197,6 +201,7 @@ def _fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            steps += 1
             total += loss.item() * batch.numel()
             progress.update(batch.numel())
         progress.close()
@@ -223,7 +228,7 @@ def _fit(
         model.load_state_dict(best_state)
     else:
         best_epoch = len(history)
-    return FitResult(model.eval(), best_epoch, history, time.monotonic() - started)
+    return FitResult(model.eval(), best_epoch, history, time.monotonic() - started, steps)
 
 
 def feedback(data: Interactions) -> Feedback:

@@ -1,7 +1,7 @@
 """The served DuckDB file and the build-aside protocol that replaces it (DESIGN.md).
 
-The job never writes the file readers open: it builds `<dir>/.staging/<run_id>.duckdb`,
-checks it, hard-links it into `archive/`, then `os.replace`s it over the served file.
+The job never writes the file readers open: it builds `<dir>/.<name>.staging/<run_id>.duckdb`,
+checks it, hard-links it into `<name>.archive/`, then `os.replace`s it over the served file.
 Readers open the served file read-only and see the old run or the new one, never a mix.
 """
 
@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import queue
-import re
 import shutil
 import threading
 from collections.abc import Iterable, Iterator
@@ -23,10 +22,19 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from recsys import faults
-from recsys.errors import MissingInputError, NoSpaceError, RecsysError, ServedBusyError
-from recsys.ledger import Ledger, new_run_id
-from recsys.lock import RunLock, is_held, lock_path
+from recsys import duck, faults, interrupts
+from recsys.errors import (
+    CannotWriteError,
+    DataError,
+    MissingInputError,
+    NoSpaceError,
+    RecsysError,
+    ServedBusyError,
+)
+from recsys.files import check_writable, is_duckdb_file
+from recsys.ledger import Ledger, is_run_id, new_run_id
+from recsys.lock import RunLock, is_held
+from recsys.state import state_paths
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +50,6 @@ WRITE_QUEUE_DEPTH = 4
 # Rows per INSERT: batches are gathered up to this; each INSERT has a fixed cost (~5 ms) that
 # at scoring-chunk sizes (~25k rows) cost as much as the rows themselves.
 INSERT_ROWS = 1 << 20
-# What a run id may hold: it is written into the DDL of the run's tables (their run_id column).
-RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 # The storage format of every file the job writes (staged, served, archived). DuckDB 2.0's own
 # format is unreadable to every DuckDB 1.x (the CLI, BI tools, pipelines not yet upgraded);
 # this one is read by DuckDB 1.0 and every later release (files 0-2% larger, as measured).
@@ -68,7 +74,7 @@ def open_read_only(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     if not path.exists():
         raise MissingInputError(f"{path}: no published database here yet (run `recsys nightly`)")
     try:
-        con = duckdb.connect(str(path), read_only=True)
+        con = duck.connect(path, read_only=True)
     except duckdb.Error as exc:
         wal = path.with_name(path.name + ".wal")
         if "Could not set lock" in str(exc):
@@ -80,8 +86,13 @@ def open_read_only(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
             raise MissingInputError(f"{path}: cannot open as DuckDB ({_first_line(exc)})") from None
         log.warning("%s: moving aside a stale WAL left by a crashed writer", wal)
         move_aside(wal)
-        con = duckdb.connect(str(path), read_only=True)
+        con = duck.connect(path, read_only=True)
     try:
+        if not (has_table(con, "runs") and has_table(con, "recommendations")):
+            raise DataError(
+                f"{path}: not a recsys database (no runs or recommendations table); give the "
+                "file `recsys nightly` publishes (output.database or --database)"
+            )
         yield con
     finally:
         con.close()
@@ -192,13 +203,11 @@ class StagedDatabase:
     """A new database being built in the staging folder; closed before the gate reads it."""
 
     def __init__(self, path: Path, user_type: str, item_type: str, run_id: str) -> None:
-        if not RUN_ID.fullmatch(run_id):
+        if not is_run_id(run_id):
             raise ValueError(f"run id {run_id!r}: expected letters, digits, '.', '_' or '-'")
         self.path = path
         with no_space_is_exit_73(path.parent):
-            self.con = duckdb.connect(
-                str(path), config={"storage_compatibility_version": STORAGE_VERSION}
-            )
+            self.con = duck.connect(path, storage_version=STORAGE_VERSION)
             self.con.execute(f"create type user_key as {user_type}")
             self.con.execute(f"create type item_key as {item_type}")
             for ddl in sorted(DDL_DIR.glob("*.sql")):
@@ -240,24 +249,26 @@ class StagedDatabase:
 
 
 class Warehouse:
-    """The served file, its lock, staging folder, archive and ledger."""
+    """The served file, its lock, staging folder, archive and ledger (all its own:
+    `recsys.state`)."""
 
     def __init__(
         self, database: str | Path, keep_archives: int = 5, free_space_factor: float = 2.0
     ) -> None:
-        self.served = Path(database).resolve()
+        self.paths = state_paths(database)
+        self.served = self.paths.served
         self.dir = self.served.parent
-        self.lock_path = lock_path(self.served)
-        self.staging_dir = self.dir / ".staging"
-        self.archive_dir = self.dir / "archive"
-        self.ledger = Ledger(self.dir / f"{self.served.stem}.runs.jsonl")
+        self.lock_path = self.paths.lock
+        self.staging_dir = self.paths.staging
+        self.archive_dir = self.paths.archive
+        self.ledger = Ledger(self.paths.ledger)
         self.keep_archives = keep_archives
         self.free_space_factor = free_space_factor
         self._lock: RunLock | None = None
 
     @contextlib.contextmanager
     def lock(self, run_id: str | None = None) -> Iterator[str]:
-        """Hold `<dir>/nightly.lock` (non-blocking; exit 75 when held), clear what killed runs
+        """Hold the database's lock (non-blocking; exit 75 when held), clear what killed runs
         left behind, and yield the run id: a new one is made only now, under the lock, so
         that published run ids never go backwards however runs overlap."""
         held = RunLock(self.lock_path)
@@ -277,10 +288,11 @@ class Warehouse:
         a kill: runs still 'running' are dead (published if the served file is theirs, else
         abandoned, and their archive copy goes: it was never served); a rollback killed after
         its replace is recorded; staging files are garbage."""
+        self.adopt_legacy_archives()
         served = self.served_row()
         for run_id in self.ledger.mark_abandoned(served):
             log.warning("run %s was abandoned (killed before finishing)", run_id)
-            (self.archive_dir / f"{run_id}.duckdb").unlink(missing_ok=True)
+            self.paths.archived(run_id).unlink(missing_ok=True)
         if served and self.ledger.served_run_id() != served["run_id"]:
             log.warning("run %s is served but the ledger missed it (a rollback was killed after "
                         "its replace); recording it", served["run_id"])  # fmt: skip
@@ -293,6 +305,19 @@ class Warehouse:
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
                     leftover.unlink(missing_ok=True)
+
+    def adopt_legacy_archives(self) -> None:
+        """Move this database's runs out of the folder-wide `archive/` of earlier versions
+        into its own archive (the runs its ledger lists; other databases' stay)."""
+        legacy = self.paths.legacy_archive
+        if not legacy.is_dir():
+            return
+        ours = {r["run_id"] for r in self.ledger.runs()}
+        for path in sorted(legacy.glob("*.duckdb")):
+            if path.stem in ours and not self.paths.archived(path.stem).exists():
+                self.archive_dir.mkdir(parents=True, exist_ok=True)
+                os.replace(path, self.paths.archived(path.stem))
+                log.info("moved archived run %s into %s", path.stem, self.archive_dir)
 
     def record_if_served(self, run_id: str, message: str) -> bool:
         """Record `run_id` as published if the served file is its (a run interrupted after
@@ -320,6 +345,48 @@ class Warehouse:
             return None
         row = published.runs.filter(pl.col("run_id") == published.run_id).row(0, named=True)
         return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+
+    def check_target(self, inputs: dict[str, Path], log_dir: Path) -> None:
+        """Before any work, even the lock: the served path is one this job may replace (not a
+        folder, not one of its inputs, not a file recsys did not write) and every folder the
+        run writes is writable. Refused with exit 73, leaving no trace (no ledger line)."""
+        served = self.served
+        if served.is_dir():
+            raise CannotWriteError(
+                f"{served}: is a directory; output.database must name a DuckDB file in it, "
+                f"e.g. {served / 'recs.duckdb'}"
+            )
+        for role, path in inputs.items():
+            if path.resolve() == served or (
+                path.exists() and served.exists() and path.samefile(served)
+            ):
+                raise CannotWriteError(
+                    f"{served}: is also the input ({role}); publishing would replace it. Set "
+                    "output.database to another file"
+                )
+        if served.exists():
+            if not is_duckdb_file(served):
+                raise CannotWriteError(
+                    f"{served}: exists and is not a DuckDB database; not replacing it (move it "
+                    "away or set output.database to another file)"
+                )
+            if not self._written_by_recsys():
+                raise CannotWriteError(
+                    f"{served}: is a DuckDB database that recsys did not publish (no runs or "
+                    "recommendations table); not replacing it (set output.database to another file)"
+                )
+        for folder, what in ((self.dir, "the served database"), (self.staging_dir, "the new "
+                             "database"), (self.archive_dir, "archives"), (log_dir, "run logs")):  # fmt: skip
+            check_writable(folder, what)
+
+    def _written_by_recsys(self) -> bool:
+        """Whether the served file has recsys's tables; a file that cannot be opened counts as
+        recsys's (damaged or busy: publishing reports it, with the way out)."""
+        try:
+            with duck.connect(self.served, read_only=True) as con:
+                return has_table(con, "runs") and has_table(con, "recommendations")
+        except duckdb.Error:
+            return True
 
     def free_bytes(self) -> int:
         injected = os.environ.get(FREE_BYTES_ENV)
@@ -410,7 +477,7 @@ class Warehouse:
     def publish(self, staged: StagedDatabase, run_id: str) -> None:
         """Archive the closed staged file, then atomically make it the served one."""
         self.archive_dir.mkdir(parents=True, exist_ok=True)
-        archived = self.archive_dir / f"{run_id}.duckdb"
+        archived = self.paths.archived(run_id)
         try:
             with no_space_is_exit_73(self.dir):
                 fsync_path(staged.path)
@@ -435,9 +502,15 @@ class Warehouse:
     def rollback(self, run_id: str) -> str:
         """Serve archived run `run_id` again by the same atomic replace; returns the run it
         replaced. Recorded in the ledger (recovery records it if killed before that)."""
-        archived = self.archive_dir / f"{run_id}.duckdb"
+        archived = self.paths.archived(run_id)
+        kept = ", ".join(self.archived_runs()) or "none"
+        listed = self.ledger.get(run_id)
+        if listed is None or listed.get("status") != "published":
+            raise MissingInputError(
+                f"run {run_id} is not a published run of {self.served} (its ledger "
+                f"{self.ledger.path} does not list it); archived runs: {kept}"
+            )
         if not archived.exists():
-            kept = ", ".join(self.archived_runs()) or "none"
             raise MissingInputError(
                 f"run {run_id} is not in {self.archive_dir} (archived runs: {kept})"
             )
@@ -452,10 +525,15 @@ class Warehouse:
         candidate = self.staging_dir / f"rollback-{run_id}.duckdb"
         candidate.unlink(missing_ok=True)
         os.link(archived, candidate)
-        self._replace(candidate)
-        faults.point("published")
-        self.ledger.append(run_id, event="rollback", rolled_back_from=previous,
-                           message=f"served again by rollback (replacing run {previous or 'none'})")  # fmt: skip
+        with interrupts.Held("rolling back: the rollback is recorded first") as held:
+            held.hold()
+            self._replace(candidate)
+            faults.point("published")
+            self.ledger.append(run_id, event="rollback", rolled_back_from=previous,
+                               message=f"served again by rollback (replacing run {previous or 'none'})")  # fmt: skip
+        if held.received:
+            log.warning("run %s is served again and recorded; %s arrived meanwhile, so the exit "
+                        "is 0", run_id, " and ".join(dict.fromkeys(held.received)))  # fmt: skip
         return previous
 
     def archived_runs(self) -> list[str]:
@@ -467,7 +545,7 @@ class Warehouse:
         """Keep the newest `keep_archives` runs; served files are hard links, so the served
         run stays readable even when its archive entry goes."""
         for run_id in self.archived_runs()[: -self.keep_archives or None]:
-            (self.archive_dir / f"{run_id}.duckdb").unlink(missing_ok=True)
+            self.paths.archived(run_id).unlink(missing_ok=True)
 
     def _replace(self, new_file: Path) -> None:
         wal = self.served.with_name(self.served.name + ".wal")

@@ -85,7 +85,10 @@ def test_duckdb_1x_reads_the_served_and_archived_files(
     two_runs: TwoRuns, env_cache: Path, requirements: tuple[str, ...]
 ) -> None:
     env = duckdb_env(env_cache, requirements)
-    files = [two_runs.database, *sorted((two_runs.database.parent / "archive").glob("*.duckdb"))]
+    files = [
+        two_runs.database,
+        *sorted((two_runs.database.parent / "recs.archive").glob("*.duckdb")),
+    ]
     assert len(files) == 3  # served, and both runs archived
     result = subprocess.run(
         [str(env / "bin" / "python"), "-c", READ_TABLES, ",".join(TABLES), *map(str, files)],

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys.config import Config, load_config, to_toml, toml_value
+from recsys.config import Config, load_config, to_toml, toml_value, validate
 from recsys.errors import ConfigError, MissingInputError
 
 
@@ -162,3 +162,74 @@ def test_shipped_config_lists_every_key_with_its_default() -> None:
     with (Path(__file__).resolve().parent.parent / "recsys.toml").open("rb") as fh:
         shipped = tomllib.load(fh)
     assert shipped == Config().to_dict()
+
+
+# ------------------------------------------- issue 13: every setting finite and in range
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"RECSYS_GATE_MAX_METRIC_DROP": "nan"},
+            "max_metric_drop: expected a finite number, found 'nan'",
+        ),
+        ({"RECSYS_OUTPUT_FREE_SPACE_FACTOR": "inf"}, "free_space_factor: expected a finite number"),
+        ({"RECSYS_TRAINING_BATCH_SIZE": "0"}, "[training] batch_size = 0 must be at least 1"),
+        ({"RECSYS_TRAINING_BATCH_SIZE": "-5"}, "[training] batch_size = -5 must be at least 1"),
+        ({"RECSYS_DATA_HOLDOUT_FRACTION": "1"}, "[data] holdout_fraction = 1.0 must be in (0, 1)"),
+        ({"RECSYS_DATA_HOLDOUT_FRACTION": "-0.1"}, "holdout_fraction = -0.1 must be in (0, 1)"),
+        ({"RECSYS_MODEL_SELECTION_K": "0"}, "[model] selection_k = 0 must be at least 1"),
+        (
+            {"RECSYS_SCORING_DEVICE": "banana"},
+            "[scoring] device = 'banana' unknown (expected auto, cpu, cuda, cuda:N or mps)",
+        ),
+        (
+            {"RECSYS_TRAINING_SEED": "-1"},
+            "[training] seed = -1 must be in [0, 9223372036854775807]",
+        ),
+        ({"RECSYS_TRAINING_SEED": str(2**64)}, "seed = 18446744073709551616 must be in"),
+        ({"RECSYS_SCORING_DTYPE": "float8"}, "[scoring] dtype = 'float8' unknown"),
+        ({"RECSYS_GATE_MAX_ROW_RATIO": "0.5"}, "[gate] max_row_ratio = 0.5 must be at least 1"),
+    ],
+)
+def test_settings_out_of_range_are_refused_naming_the_key(env: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, environ=env)
+    assert message in str(caught.value)
+
+
+def test_nan_in_the_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[gate]\nmax_metric_drop = nan\n")
+    with pytest.raises(ConfigError, match=r"c.toml: \[gate\] max_metric_drop: expected a finite"):
+        load_config(path, environ={})
+
+
+def test_settings_that_depend_on_each_other() -> None:
+    config = load_config(None, environ={"RECSYS_DATA_POSITIVE_THRESHOLD": "6"})
+    with pytest.raises(ConfigError, match="positive_threshold = 6 is above max_rating = 5"):
+        validate(config)
+    config = load_config(None, environ={"RECSYS_DATA_MIN_RATING": "5"})
+    with pytest.raises(ConfigError, match="min_rating = 5 must be below max_rating = 5"):
+        validate(config)
+    validate(Config())  # the defaults are valid
+
+
+def test_validate_catches_values_set_directly() -> None:
+    """Library callers build Config objects without set_option: validate() still sees them."""
+    config = Config()
+    config.training.batch_size = -1
+    with pytest.raises(ConfigError, match=r"\[training\] batch_size = -1 must be at least 1"):
+        validate(config)
+    config = Config()
+    config.gate.max_metric_drop = float("nan")
+    with pytest.raises(ConfigError, match="max_metric_drop = nan must be a finite number"):
+        validate(config)
+
+
+def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_bytes(b'[output]\n# caf\xe9\ndatabase = "x.duckdb"\n')
+    with pytest.raises(ConfigError, match=r"c.toml: line 2 is not UTF-8 text \(byte 0xe9\)"):
+        load_config(path, environ={})

@@ -61,11 +61,11 @@ def test_nightly_through_cat_is_never_silent_for_long(tmp_path: Path, fast_confi
     assert re.search(rf"refit {chosen}: done in [\d.]+s", text)
 
     # The report's path once, not twice.
-    (report,) = (db.parent).glob("report-2*.html")
+    (report,) = (db.parent).glob(f"{db.stem}.report-2*.html")
     assert [line for line in lines if str(report) in line] == [f"report: {report}"]
 
     # Every bar counts what it loops over: similar items count items (in the run log).
-    (run_log,) = (db.parent / "logs").glob("*.log")
+    (run_log,) = (db.parent / f"{db.stem}.logs").glob("*.log")
     logged = run_log.read_text()
     assert re.search(r"similar items: 120 items in [\d.]+s", logged), logged
     assert re.search(r"scoring users: 300 users in [\d.]+s", logged)

@@ -92,3 +92,13 @@ def test_movielens_u_user_layout(tmp_path: Path) -> None:
     table = read_feature_table(str(path), "ignored", "user")
     assert table.columns == ["id", "age", "gender", "occupation", "zip_code"]
     assert table["id"].to_list() == [1, 2]
+
+
+def test_a_column_null_for_every_entity_encoded_is_all_unknown() -> None:
+    """Found by fuzzing (issue 13): a column with values only for entities not encoded here
+    learned an empty vocabulary, whose untyped lookup table failed the join."""
+    table = pl.DataFrame({"id": [1, 2], "job": [None, "eng"], "tags": [None, "a|b"]})
+    side = encode_side(IdMap.from_list([1]), table, {"job": "categorical", "tags": "multi"},
+                       FeaturesConfig(), "user")  # fmt: skip
+    assert [f.values for f in side.fields[1:]] == [[], []]
+    assert (side.index[0, 1:, 0] == np.array(side.offsets[1:])).all()  # the unknown slots

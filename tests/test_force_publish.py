@@ -77,7 +77,7 @@ def test_nightly_force_publish_end_to_end(tmp_path: Path, fast_config: Path) -> 
     assert final[-1]["force_publish"] == REASON and note in final[-1]["message"]
     listing = run_cli("runs", "--database", str(db))
     assert note in listing.stdout
-    report = (tmp_path / "report-latest.html").read_text()
+    report = (tmp_path / "recs.report-latest.html").read_text()
     assert "Published past the quality gate" in report and REASON in report
 
 

@@ -102,3 +102,55 @@ def test_validation_metric_may_not_drop_more_than_the_margin(tmp_path: Path) -> 
     assert check(db, GATE, GateInput("rmse", None, 0.99), rmse) == [
         "validation rmse fell from 0.9000 to 0.9900 (more than gate.max_metric_drop = 0.05)"
     ]
+
+
+# ------------------------------------------- the absolute checks (issue 13, item 5)
+
+
+def test_a_model_never_trained_is_refused(tmp_path: Path) -> None:
+    never = GateInput("ndcg", 10, 0.30, fitted=False)
+    assert check(staged(tmp_path, recommendations()), GATE, never, None) == [
+        "the model was never trained (zero optimizer steps: no training batch reached it; check "
+        "training.batch_size, the model's epochs and data.positive_threshold)"
+    ]
+    for fitted in (True, None):  # trained, or not known (a checkpoint from before)
+        (tmp_path / str(fitted)).mkdir()
+        db = staged(tmp_path / str(fitted), recommendations())
+        assert check(db, GATE, GateInput("ndcg", 10, 0.30, fitted=fitted), None) == []
+
+
+def test_constant_scores_are_refused_even_on_a_first_run(tmp_path: Path) -> None:
+    flat = recommendations().with_columns(pl.lit(0.0, dtype=pl.Float32).alias("score"))
+    assert check(staged(tmp_path, flat), GATE, NDCG, None) == [
+        "every recommendation score is 0: the model ranks nothing (its weights may all be "
+        "equal, e.g. init_std near 0 or a learning rate near 0)"
+    ]
+    (tmp_path / "one").mkdir()  # a single row has nothing to be constant against
+    assert check(staged(tmp_path / "one", flat.head(1)), GATE, NDCG, None) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "popularity", "margin", "refused"),
+    [(0.30, 0.31, 0.5, False), (0.16, 0.31, 0.5, False), (0.15, 0.31, 0.5, True),
+     (0.0, 0.31, 0.5, True), (0.0, 0.31, 1.0, False), (0.30, 0.31, 0.0, True),
+     (0.30, None, 0.5, False)],
+)  # fmt: skip
+def test_the_served_model_is_held_to_popularitys_metric(
+    tmp_path: Path, value: float, popularity: float | None, margin: float, refused: bool
+) -> None:
+    gate = GateConfig(max_below_popularity=margin)
+    current = GateInput("ndcg", 10, value, popularity)
+    problems = check(staged(tmp_path, recommendations()), gate, current, None)
+    if not refused:
+        assert problems == []
+        return
+    least = popularity * (1 - margin)
+    assert problems == [
+        f"validation ndcg@10 {value:.4f} is below popularity's {popularity:.4f} by more than "
+        f"gate.max_below_popularity = {margin:g} (at least {least:.4f} needed)"
+    ]
+
+
+def test_lower_is_better_metrics_have_no_popularity_floor(tmp_path: Path) -> None:
+    current = GateInput("rmse", None, 3.0, popularity=0.1)  # rmse: lower is better
+    assert check(staged(tmp_path, recommendations()), GATE, current, None) == []

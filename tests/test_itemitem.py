@@ -141,7 +141,7 @@ def test_recency_halves_per_half_life_and_is_off_without_time_order() -> None:
     )
     np.testing.assert_allclose(recency(_feedback(dense), 2.0, "position").numpy(), 1.0)
     np.testing.assert_allclose(recency(_feedback(dense, position), 0.0, "position").numpy(), 1.0)
-    with pytest.raises(ConfigError, match="half_life = -1"):
+    with pytest.raises(ConfigError, match=r"half_life = -1 must be at least 0"):
         build_model("itemknn", 1, 4, half_life=-1)
 
 

@@ -69,3 +69,36 @@ def test_dead_runs_become_abandoned_or_published_when_served(tmp_path: Path) -> 
     )
     assert ledger.served_run_id() == "C"
     assert ledger.mark_abandoned(None) == []  # nothing is running any more
+
+
+def test_a_line_without_a_text_run_id_is_ignored_not_fatal(tmp_path: Path) -> None:
+    """Issue 13, item 13: one hand-edited line used to stop every later run and `recsys runs`."""
+    ledger = Ledger(tmp_path / "runs.jsonl")
+    ledger.append("A", status="published")
+    with ledger.path.open("a") as fh:
+        for bad in ({"run_id": 7, "status": "published"}, {"run_id": None}, {"run_id": ["x"]},
+                    {"run_id": "../../etc"}, ["A"], "text", {"status": "published"}):  # fmt: skip
+            fh.write(json.dumps(bad) + "\n")
+    ledger.append("B", status="running")
+    assert [r["run_id"] for r in ledger.runs()] == ["A", "B"]
+    assert ledger.last_run_id() == "B" and ledger.served_run_id() == "A"
+    assert new_run_id(after=ledger.last_run_id())
+
+
+def test_runs_lists_a_ledger_with_hand_edited_lines(tmp_path: Path) -> None:
+    """`recsys runs` on a ledger holding a non-text run_id and odd values still lists the
+    readable runs (exit 0), as the next nightly reads it."""
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+
+    ledger = Ledger(tmp_path / "recs.runs.jsonl")
+    ledger.append("20260101T000000000000Z", status="published", model="bpr", num_rows={"x": 1},
+                  metrics={"bpr.ndcg@10": "high", "bpr.recall@10": 0.5}, timings=[1, 2])  # fmt: skip
+    with ledger.path.open("a") as fh:
+        fh.write(json.dumps({"run_id": 20260102, "status": "published"}) + "\n")
+    result = CliRunner().invoke(main, ["runs", "-v", "--database", str(tmp_path / "recs.duckdb")])
+    assert result.exit_code == 0, result.output
+    assert "20260101T000000000000Z  published  bpr" in result.output
+    assert "metrics: bpr.recall@10 0.5" in result.output
+    assert "20260102" not in result.output

@@ -71,7 +71,7 @@ def test_item_item_model_serves_similar_items_from_its_matrix(
 
 def test_bad_item_item_settings_exit_65_with_one_line(tmp_path: Path, planted_csv: Path) -> None:
     for setting, expected in (
-        ("half_life = -2.0", "model 'ease': half_life = -2.0; expected 0 (off) or a positive"),
+        ("half_life = -2.0", "model 'ease': [model.params.ease] half_life = -2.0 must be at least 0"),
         ('confidence = "loud"', "model 'ease': unknown confidence 'loud' (expected one of: none, log, bm25, tfidf)"),
         ("max_items = 10", "model 'ease': ease needs a dense 100 x 100 matrix"),
     ):  # fmt: skip

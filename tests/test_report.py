@@ -22,6 +22,7 @@ import pytest
 
 from recsys import report
 from recsys.config import OutputConfig
+from recsys.state import state_paths
 from recsys.warehouse import open_read_only
 from scripts import report_screenshot
 from tests.conftest import TwoRuns, read_table, run_cli
@@ -133,8 +134,8 @@ def test_report_command_writes_valid_self_contained_html(two_runs: TwoRuns, tmp_
 
 def test_nightly_writes_a_report_per_run_and_latest(two_runs: TwoRuns) -> None:
     folder = two_runs.database.parent
-    first, second = (folder / f"report-{run_id}.html" for run_id in two_runs.run_ids)
-    latest = folder / "report-latest.html"
+    first, second = (folder / f"recs.report-{run_id}.html" for run_id in two_runs.run_ids)
+    latest = folder / "recs.report-latest.html"
     assert first.exists() and second.exists()
     assert latest.read_bytes() == second.read_bytes()
     assert f"report: {second}" in two_runs.nightly_stdout.splitlines()
@@ -145,7 +146,7 @@ def test_nightly_writes_a_report_per_run_and_latest(two_runs: TwoRuns) -> None:
 
 def test_report_numbers_are_the_tables_numbers(two_runs: TwoRuns) -> None:
     run_id = two_runs.run_ids[1]
-    page = check_self_contained_html(two_runs.database.parent / f"report-{run_id}.html")
+    page = check_self_contained_html(two_runs.database.parent / f"recs.report-{run_id}.html")
     metrics = read_table(
         two_runs.database,
         f"select model, value from metrics where run_id = '{run_id}' and metric = 'ndcg' and k = 10",
@@ -206,7 +207,8 @@ def test_report_of_an_archived_run_and_of_an_unknown_one(two_runs: TwoRuns, tmp_
     assert result.returncode == 0, result.stderr
     page = check_self_contained_html(out, images=5)  # its history had one run
     assert f"Run {first} published" in page.text
-    assert str(two_runs.database.parent / "archive" / f"{first}.duckdb") in page.text
+    assert f"from {first}.duckdb at" in page.text  # the archived copy, named
+    assert str(two_runs.database.parent) not in page.text  # no server paths in a shared page
     assert "catalogue coverage" in page.text  # its own recommendations, from the archive
 
     result = run_cli("report", "--database", str(two_runs.database), "--run", "nope")
@@ -225,7 +227,7 @@ def test_readers_work_while_a_publish_is_in_progress(two_runs: TwoRuns) -> None:
     during = two_runs.during_publish
     for name, result in during.items():
         assert result.returncode == 0, (name, result.stderr)
-    first = two_runs.database.parent / "archive" / f"{two_runs.run_ids[0]}.duckdb"
+    first = two_runs.database.parent / "recs.archive" / f"{two_runs.run_ids[0]}.duckdb"
     with duckdb.connect(str(first), read_only=True) as con:
         con.execute("set variable user_id = ?", [two_runs.user_id])
         query = report.shipped_query("because_you_watched")
@@ -261,7 +263,7 @@ def test_report_screenshot_in_a_headless_browser(two_runs: TwoRuns, tmp_path: Pa
     if browser is None:
         pytest.skip("no chromium on PATH: the headless-browser screenshot needs one")
     shot = tmp_path / "report.png"
-    latest = two_runs.database.parent / "report-latest.html"
+    latest = two_runs.database.parent / "recs.report-latest.html"
     height = report_screenshot.full_page(browser, latest, shot, width=1280, tallest=12000)
     width, png_height = png_size(shot)
     assert (width, png_height) == (1280, height)
@@ -325,24 +327,28 @@ def test_a_failed_report_is_a_warning(
 
 
 def test_latest_and_pruning(tmp_path: Path) -> None:
+    paths = state_paths(tmp_path / "recs.duckdb")
+    other = tmp_path / "other.report-20250101T000000000000Z.html"  # another database's
+    other.write_text("theirs")
     for run_id in ("20260101T000000000000Z", "20260102T000000000000Z", "20260103T000000000000Z"):
-        path = tmp_path / f"report-{run_id}.html"
+        path = paths.report(tmp_path, run_id)
         path.write_text(run_id)
-        report.update_latest(path, tmp_path / report.LATEST)
-        report.prune_reports(tmp_path, keep=2)
+        report.update_latest(path, paths.latest_report(tmp_path))
+        report.prune_reports(paths, tmp_path, keep=2)
     kept = sorted(p.name for p in tmp_path.iterdir())
-    assert kept == ["report-20260102T000000000000Z.html", "report-20260103T000000000000Z.html",
-                    "report-latest.html"]  # fmt: skip
-    assert (tmp_path / report.LATEST).read_text() == "20260103T000000000000Z"
-    stale, fresh = tmp_path / ".report-x.html.1.tmp", tmp_path / ".report-y.html.2.tmp"
+    assert kept == ["other.report-20250101T000000000000Z.html",
+                    "recs.report-20260102T000000000000Z.html",
+                    "recs.report-20260103T000000000000Z.html", "recs.report-latest.html"]  # fmt: skip
+    assert paths.latest_report(tmp_path).read_text() == "20260103T000000000000Z"
+    stale, fresh = tmp_path / ".recs.report-x.html.1.tmp", tmp_path / ".recs.report-y.html.2.tmp"
     stale.write_text("killed mid-write")
     fresh.write_text("being written")
     os.utime(stale, (0, 0))
-    report.clear_stale_temporaries(tmp_path)
+    report.clear_stale_temporaries(paths, tmp_path)
     assert not stale.exists() and fresh.exists()
     fresh.unlink()
-    os.unlink(tmp_path / "report-20260103T000000000000Z.html")  # a link: latest outlives it
-    assert (tmp_path / report.LATEST).read_text() == "20260103T000000000000Z"
+    os.unlink(paths.report(tmp_path, "20260103T000000000000Z"))  # a link: latest outlives it
+    assert paths.latest_report(tmp_path).read_text() == "20260103T000000000000Z"
 
 
 def test_selection_metric_comes_from_the_run_message() -> None:

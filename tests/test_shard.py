@@ -226,7 +226,7 @@ def test_killed_shard_publishes_nothing_then_rerunning_it_publishes(
                            f"rank K with `recsys score --checkpoint {kit.checkpoint} --parts "
                            f"{parts} --shard K/2`)")  # fmt: skip
     assert last_run(database)["status"] == "failed"
-    assert list((database.parent / ".staging").glob("*")) == []
+    assert list((database.parent / f".{database.stem}.staging").glob("*")) == []
 
     again = Job([*args, "--shard", "1/2"], tmp_path / "jobs")  # idempotent: replaces its own
     assert again.wait() == 0, again.stderr

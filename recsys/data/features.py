@@ -215,7 +215,11 @@ def _encode_values(
         buckets = np.searchsorted(np.asarray(vocab.edges), numbers, side="right") + 1
         buckets[~np.isfinite(numbers)] = 0
         return buckets
-    lookup = pl.DataFrame({"value": vocab.values, "slot": np.arange(1, len(vocab.values) + 1)})
+    # Typed, so that an empty vocabulary (every value NULL among these entities) still joins.
+    lookup = pl.DataFrame(
+        {"value": vocab.values, "slot": np.arange(1, len(vocab.values) + 1)},
+        schema={"value": pl.String, "slot": pl.Int64},
+    )
     if vocab.kind == "categorical":
         probe = pl.DataFrame({"value": values.cast(pl.String)})
         return (

@@ -17,7 +17,9 @@ from recsys.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CANONICAL_INT = re.compile(r"^-?(0|[1-9][0-9]{0,17})$")
+# Text IDs read as integers: no sign but '-', no leading zeros, no "-0" (it would merge with
+# "0"), at most 18 digits (always within Int64).
+CANONICAL_INT = re.compile(r"^(0|-?[1-9][0-9]{0,17})$")
 # MovieLens "latest" ratings.csv header, mapped without configuration.
 MOVIELENS_LATEST = {
     "userId": "user",
@@ -28,6 +30,8 @@ MOVIELENS_LATEST = {
 FUTURE_TOLERANCE_S = 86_400
 ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S",
                "%Y-%m-%dT%H:%M", "%Y-%m-%d")  # fmt: skip
+# With a UTC offset (a trailing Z is read as +00:00), as the job's own logs write them.
+ISO_ZONED_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%dT%H:%M%z")
 
 
 @dataclass
@@ -202,9 +206,12 @@ def _resolve_columns(
 def parse_ids(values: pl.Series, label: str, column: str) -> pl.Series:
     """Raw IDs as given: integers stay integers (Int64), anything else stays text.
 
-    Text that is all canonical integers (no leading zeros or signs beyond '-') becomes Int64;
-    "007" keeps the column as text so it comes out unchanged.
+    Text that is all canonical integers (no leading zeros, no '+', no '-0') becomes Int64;
+    "007" or "-0" keeps the column as text so every ID comes out unchanged. Whole-number
+    floats are integers; NaN, infinities, fractions, booleans, lists and bytes that are not
+    UTF-8 are refused with the row.
     """
+    values = _as_id_type(values, label, column)
     nulls = values.null_count()
     if values.dtype == pl.String:
         nulls = (values.is_null() | (values.str.strip_chars() == "")).sum()
@@ -214,18 +221,56 @@ def parse_ids(values: pl.Series, label: str, column: str) -> pl.Series:
             f"{label}: column '{column}' has {nulls} empty or NULL values (first at row {first}); every row needs an ID"
         )
     if values.dtype.is_integer():
+        if values.dtype == pl.UInt64 and values.max() > MAX_INT_ID:
+            return values.cast(pl.String).rename("id")  # beyond Int64: kept, as text
         return values.cast(pl.Int64).rename("id")
     if values.dtype.is_float():
-        if not (values == values.floor()).all():
-            row = _first_row(values != values.floor())
+        bad = ~values.is_finite() | (values != values.floor()) | (values.abs() > MAX_FLOAT_ID)
+        if bad.any():
+            row = _first_row(bad)
             raise DataError(
-                f"{label}: column '{column}' row {row}: ID {values[row - 1]} is not a whole number"
+                f"{label}: column '{column}' row {row}: ID {values[row - 1]} is not a whole "
+                "number within ±2^53 (store IDs as integers or text)"
             )
         return values.cast(pl.Int64).rename("id")
-    text = values.cast(pl.String).str.strip_chars()
+    text = values.str.strip_chars()
     if text.str.contains(CANONICAL_INT.pattern).all():
         return text.cast(pl.Int64).rename("id")
     return text.rename("id")
+
+
+# Float IDs must convert to Int64 exactly: up to 2^53 every whole float is one integer.
+MAX_FLOAT_ID = 2.0**53
+MAX_INT_ID = 2**63 - 1
+
+
+def _as_id_type(values: pl.Series, label: str, column: str) -> pl.Series:
+    """Integers, floats or text; bytes decoded as UTF-8 (refused, with the row, when they are
+    not); categories and decimals as text. Anything else cannot be an ID."""
+    dtype = values.dtype
+    if dtype.is_integer() or dtype.is_float() or dtype in (pl.String, pl.Null):
+        return values
+    if dtype == pl.Binary:
+        try:
+            return values.cast(pl.String)
+        except pl.exceptions.ComputeError:
+            row = next(
+                i for i, v in enumerate(values.to_list(), 1) if v is not None and not _utf8(v)
+            )
+            raise DataError(
+                f"{label}: column '{column}' row {row}: ID {values[row - 1]!r} is not UTF-8 text"
+            ) from None
+    if dtype in (pl.Categorical, pl.Enum) or (dtype.is_decimal() and dtype.scale == 0):
+        return values.cast(pl.String)
+    raise DataError(f"{label}: column '{column}' has type {dtype}; expected integer or text IDs")
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _parse_ratings(values: pl.Series, label: str, column: str, data: DataConfig) -> pl.Series:
@@ -263,14 +308,17 @@ def _parse_weights(values: pl.Series, label: str, column: str) -> pl.Series:
 
 
 def parse_timestamps(values: pl.Series, label: str, column: str) -> pl.Series:
-    """Unix seconds (integers) or ISO-8601 date/times; refused when NULL, unparsable or future."""
+    """Unix seconds (integers) or ISO-8601 date/times, with `Z` or a UTC offset or none (then
+    UTC); refused when NULL, unparsable or in the future."""
     if values.dtype == pl.String:
         text = values.str.strip_chars()
         seconds = text.cast(pl.Int64, strict=False)
-        for fmt in ISO_FORMATS:
+        zoned = text.str.replace(r"[Zz]$", "+00:00")
+        for fmt, column_text in [*((f, text) for f in ISO_FORMATS),
+                                 *((f, zoned) for f in ISO_ZONED_FORMATS)]:  # fmt: skip
             if seconds.null_count() == 0:
                 break
-            parsed = text.str.to_datetime(fmt, strict=False, time_unit="us")
+            parsed = column_text.str.to_datetime(fmt, strict=False, time_unit="us")
             seconds = seconds.fill_null(parsed.dt.epoch("s"))
     elif values.dtype.is_temporal():
         seconds = values.cast(pl.Datetime("us")).dt.epoch("s")
@@ -286,13 +334,23 @@ def parse_timestamps(values: pl.Series, label: str, column: str) -> pl.Series:
         raise DataError(
             f"{label}: column '{column}' row {row}: expected Unix seconds or an ISO date/time, found {_show(values[row - 1])}"
         )
-    future = seconds > int(time.time()) + FUTURE_TOLERANCE_S
+    now = int(time.time())
+    future = seconds > now + FUTURE_TOLERANCE_S
     if future.any():
         row = _first_row(future)
         raise DataError(
-            f"{label}: column '{column}' row {row}: timestamp {_show(values[row - 1])} is in the future"
+            f"{label}: column '{column}' row {row}: timestamp {_show(values[row - 1])} is in the "
+            f"future{_unit_hint(int(seconds[row - 1]), now)}"
         )
     return seconds.rename("timestamp")
+
+
+def _unit_hint(value: int, now: int) -> str:
+    """Why a timestamp may look like the future: epochs in ms, us or ns are 10^3.. larger."""
+    for unit, scale in (("milliseconds", 10**3), ("microseconds", 10**6), ("nanoseconds", 10**9)):
+        if value // scale <= now + FUTURE_TOLERANCE_S and value // scale >= 10**8:
+            return f" (it looks like Unix {unit}: timestamps must be Unix seconds; divide by {scale:,})"
+    return ""
 
 
 def _first_row(mask: pl.Series) -> int:

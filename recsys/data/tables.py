@@ -6,6 +6,7 @@ callers convert the columns they need with errors that name the file, column and
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from recsys import duck
 from recsys.errors import DataError, MissingInputError
+from recsys.redact import redact
 
 # Headerless MovieLens layouts: file name -> (separator, column names).
 MOVIELENS_LAYOUTS: dict[str, tuple[str, list[str]]] = {
@@ -28,6 +31,8 @@ U_ITEM_GENRES = [
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
     "Romance", "Sci-Fi", "Thriller", "War", "Western",
 ]  # fmt: skip
+# GroupLens ships the MovieLens files in Latin-1 (titles such as "Misérables").
+MOVIELENS_ENCODING = "latin-1"
 DUPLICATE_SUFFIX = re.compile(r"^(.*)_duplicated_\d+$")
 
 
@@ -42,7 +47,8 @@ class TableSource:
 
     @property
     def label(self) -> str:
-        return f"{self.path}::{self.table}" if self.kind == "duckdb" else str(self.path)
+        """How messages, logs and runs.source name it: credentials in it are hidden."""
+        return redact(f"{self.path}::{self.table}" if self.kind == "duckdb" else str(self.path))
 
 
 def parse_source(spec: str) -> TableSource:
@@ -54,7 +60,9 @@ def parse_source(spec: str) -> TableSource:
     if spec.startswith("duckdb:"):
         path, sep, table = spec[len("duckdb:") :].partition("::")
         if not sep or not table.strip():
-            raise DataError(f"{spec}: expected duckdb:PATH::TABLE (or duckdb:PATH::SELECT ...)")
+            raise DataError(
+                f"{redact(spec)}: expected duckdb:PATH::TABLE (or duckdb:PATH::SELECT ...)"
+            )
         return TableSource(spec, "duckdb", Path(path), table.strip())
     path = Path(spec)
     if path.is_dir():
@@ -96,7 +104,7 @@ def read_table(spec: str, delimiter: str = "") -> tuple[pl.DataFrame, TableSourc
         frame = _read_u_item(source.path)
     elif source.kind in MOVIELENS_LAYOUTS:
         sep, names = MOVIELENS_LAYOUTS[source.kind]
-        frame = _read_delimited(source.path, sep, names)
+        frame = _read_delimited(source.path, sep, names, MOVIELENS_ENCODING)
     else:
         sep = delimiter or ("\t" if source.path.suffix.lower() == ".tsv" else _sniff(source.path))
         frame = _read_delimited(source.path, sep, None)
@@ -120,19 +128,26 @@ def _sniff(path: Path) -> str:
     return best if counts[best] else ","
 
 
-def _read_delimited(path: Path, sep: str, names: list[str] | None) -> pl.DataFrame:
+def _read_delimited(
+    path: Path, sep: str, names: list[str] | None, encoding: str = "utf-8"
+) -> pl.DataFrame:
+    """Every column as text. UTF-8 files are checked first, so that an ID in another encoding
+    is refused with its line instead of merged with others as U+FFFD; the MovieLens layouts
+    are Latin-1, as GroupLens ships them."""
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (expected a header and rows)")
+    if encoding == "utf-8":
+        check_utf8(path)
     try:
-        if len(sep) > 1:  # polars takes one-byte separators; MovieLens-1M uses '::'
-            text = path.read_text(encoding="latin-1").replace(sep, "\x1f")
+        if len(sep) > 1 or encoding != "utf-8":  # polars takes one-byte separators and UTF-8
+            text = path.read_text(encoding=encoding).replace(sep, "\x1f")
             return pl.read_csv(
-                text.encode(), separator="\x1f", has_header=False, new_columns=names,
+                text.encode(), separator="\x1f", has_header=names is None, new_columns=names,
                 infer_schema=False, quote_char=None,
             )  # fmt: skip
         return pl.read_csv(
             path, separator=sep, has_header=names is None, new_columns=names,
-            infer_schema=False, quote_char=None if names else '"', encoding="utf8-lossy",
+            infer_schema=False, quote_char=None if names else '"', encoding="utf8",
         )  # fmt: skip
     except pl.exceptions.NoDataError:
         raise DataError(f"{path}: file is empty (expected a header and rows)") from None
@@ -140,10 +155,31 @@ def _read_delimited(path: Path, sep: str, names: list[str] | None) -> pl.DataFra
         raise DataError(f"{path}: cannot parse as delimited text ({_first_line(exc)})") from None
 
 
+def check_utf8(path: Path) -> None:
+    """Refuse a file that is not UTF-8, naming the first line that is not (read in chunks:
+    the check costs one pass over the file, not a copy of it in memory)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:  # exc.object: this chunk after <= 3 held bytes
+                line += exc.object[: exc.start].count(b"\n")
+                raise DataError(
+                    f"{path}: line {line} is not UTF-8 text (byte {exc.object[exc.start]:#04x}); "
+                    "save the file as UTF-8, e.g. with iconv -f latin1 -t utf-8"
+                ) from None
+            if not chunk:
+                return
+            line += chunk.count(b"\n")
+
+
 def _read_u_item(path: Path) -> pl.DataFrame:
     """MovieLens-100K u.item: id|title|release|video_release|url|19 genre flags."""
     names = ["item_id", "title", "release_date", "video_release_date", "url", *U_ITEM_GENRES]
-    raw = _read_delimited(path, "|", names)
+    raw = _read_delimited(path, "|", names, MOVIELENS_ENCODING)
     flags = [pl.when(pl.col(g) == "1").then(pl.lit(g)) for g in U_ITEM_GENRES]
     return raw.select(
         "item_id",
@@ -158,16 +194,16 @@ def _read_duckdb(source: TableSource) -> pl.DataFrame:
     if not re.match(r"(?is)^\s*(select|with|from)\b", query):
         query = f"select * from {_quote_ident(query)}"
     try:
-        with duckdb.connect(str(source.path), read_only=True) as con:
+        with duck.connect(source.path, read_only=True) as con:
             return con.sql(query).pl()
     except duckdb.CatalogException:
         raise DataError(f"{source.label}: table or view does not exist in {source.path}") from None
     except duckdb.IOException as exc:
         raise MissingInputError(
-            f"{source.path}: cannot open DuckDB file ({_first_line(exc)})"
+            redact(f"{source.path}: cannot open DuckDB file ({_first_line(exc)})")
         ) from None
     except duckdb.Error as exc:
-        raise DataError(f"{source.label}: query failed ({_first_line(exc)})") from None
+        raise DataError(f"{source.label}: query failed ({redact(_first_line(exc))})") from None
 
 
 def _quote_ident(name: str) -> str:

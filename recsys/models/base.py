@@ -6,13 +6,40 @@ knows it only through `factors()` (one GEMM) or `score_block()` (anything denser
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from recsys.config import Range
 from recsys.errors import ConfigError
+
+# Bounds of hyper-parameters many models share; every model's values are also checked
+# against the type of its own default, so a model added later gets both for free.
+HPARAM_RANGES: dict[str, Range] = {
+    "dim": Range(1),
+    "lr": Range(0, low_open=True),
+    "bias_lr": Range(0, low_open=True),
+    "lr_decay": Range(0, 1, low_open=True),
+    "epochs": Range(1),
+    "reg": Range(0),
+    "bias_reg": Range(0),
+    "init_std": Range(0, low_open=True),  # 0 gives every user and item the same vector
+    "negatives": Range(1),
+    "alpha": Range(0),
+    "unobserved_weight": Range(0),
+    "dropout": Range(0, 1, high_open=True),
+    "hidden": Range(1),  # each layer's width
+    "half_life": Range(0),  # 0 = recency off
+    "neighbours": Range(1),
+    "shrink": Range(0),
+    "max_items": Range(1),
+    "iterations": Range(1),
+    "cg_steps": Range(1),
+    "weights": Range(0),
+}
 
 
 @dataclass
@@ -72,21 +99,27 @@ class Recommender(nn.Module):
 
     def __init__(self, num_users: int, num_items: int, **hparams: Any) -> None:
         super().__init__()
-        unknown = set(hparams) - set(self.DEFAULTS)
-        if unknown:
-            raise ConfigError(
-                f"model '{self.name}': unknown parameter(s) {', '.join(sorted(unknown))} "
-                f"(expected: {', '.join(sorted(self.DEFAULTS))})"
-            )
         self.num_users = num_users
         self.num_items = num_items
-        self.hparams: dict[str, Any] = {**self.DEFAULTS, **hparams}
+        self.hparams: dict[str, Any] = {**self.DEFAULTS, **self.checked_hparams(hparams)}
         # Constructor arguments beyond hyper-parameters (feature shapes), kept in checkpoints.
         self.model_args: dict[str, Any] = {}
 
     def params(self) -> dict[str, Any]:
         """The settings that describe this model in runs.params and reports."""
         return dict(self.hparams)
+
+    @classmethod
+    def checked_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """`hparams` typed like DEFAULTS; unknown names, other types and values outside
+        HPARAM_RANGES are refused with a one-line error (before any data is read)."""
+        unknown = set(hparams) - set(cls.DEFAULTS)
+        if unknown:
+            raise ConfigError(
+                f"model '{cls.name}': unknown parameter(s) {', '.join(sorted(unknown))} "
+                f"(expected: {', '.join(sorted(cls.DEFAULTS)) or 'none'})"
+            )
+        return {k: checked_hparam(cls.name, k, v, cls.DEFAULTS[k]) for k, v in hparams.items()}
 
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """Logits for pairs: (B,), (B,) -> (B,)."""
@@ -152,3 +185,42 @@ class Recommender(nn.Module):
 
     def prepare(self, user_idx: torch.Tensor, item_idx: torch.Tensor, rating: torch.Tensor) -> None:
         """Data statistics set before training (e.g. the global mean rating)."""
+
+
+def checked_hparam(model: str, key: str, value: Any, default: Any) -> Any:
+    """`value` as the type of `default` (an integral float is taken as an int), refused with
+    a one-line error when it is another type or outside HPARAM_RANGES."""
+    where = f"model '{model}': [model.params.{model}] {key} = {value!r}"
+    if isinstance(default, list):
+        if not isinstance(value, list) or (default and not value):
+            raise ConfigError(f"{where}: expected a non-empty list like {default!r}")
+        return [checked_hparam(model, key, v, default[0]) for v in value] if default else value
+    kind = type(default)
+    if kind is bool or isinstance(value, bool):
+        if kind is not bool or not isinstance(value, bool):
+            raise ConfigError(
+                f"{where}: expected {'true or false' if kind is bool else _KIND[kind]}"
+            )
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string")
+        return value
+    if kind in (int, float):
+        if not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected {_KIND[kind]}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number")
+        if kind is int:
+            if not float(value).is_integer():
+                raise ConfigError(f"{where}: expected {_KIND[kind]}")
+            value = int(value)
+        else:
+            value = float(value)
+        allowed = HPARAM_RANGES.get(key)
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{where} must be {allowed}")
+    return value
+
+
+_KIND = {int: "a whole number", float: "a number", str: "a string"}

@@ -27,7 +27,8 @@ SECONDS_PER_DAY = 86_400.0
 
 
 def check_settings(model: str, hparams: dict) -> None:
-    """Refuse unknown schemes and negative half-lives with the setting named."""
+    """Refuse unknown schemes with the setting named (ranges are checked with every model's
+    hyper-parameters, models.base.HPARAM_RANGES)."""
     if hparams.get("confidence", "none") not in CONFIDENCE:
         raise ConfigError(
             f"model '{model}': unknown confidence '{hparams['confidence']}' "
@@ -37,12 +38,6 @@ def check_settings(model: str, hparams: dict) -> None:
         raise ConfigError(
             f"model '{model}': unknown recency '{hparams['recency']}' "
             f"(expected one of: {', '.join(RECENCY)})"
-        )
-    half_life = float(hparams.get("half_life", 0.0))
-    if not np.isfinite(half_life) or half_life < 0:
-        raise ConfigError(
-            f"model '{model}': half_life = {hparams['half_life']!r}; expected 0 (off) or a "
-            "positive number of positions or days"
         )
 
 
