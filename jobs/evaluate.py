@@ -29,13 +29,15 @@ def evaluate(config_path, interactions, model, k, seed) -> None:
     the held-out latest ones (seen items excluded)."""
     config = build_config(config_path, {"source.interactions": interactions, "model.name": model,
                                         "model.selection_k": k, "training.seed": seed})  # fmt: skip
+    from recsys.select import check_settings  # imports torch
+
+    check_settings(config)  # one line and nothing else for a bad setting
     with job_progress(config, "evaluate"):
         # torch is imported only by the commands that use it, so every other one starts fast.
         from recsys.dataset import load_dataset
         from recsys.score import resolve_device
-        from recsys.select import check_settings, compare_candidates
+        from recsys.select import compare_candidates
 
-        check_settings(config)
         device = resolve_device(config.training.device)
         comparison = compare_candidates(load_dataset(config), config, device)
     models = list(dict.fromkeys(m.model for m in comparison.metrics))

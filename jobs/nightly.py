@@ -45,6 +45,9 @@ def nightly(config_path, interactions, database, model, top_n, seed, demo, force
         for key in SOURCES:
             setattr(config.source, key.split(".")[1], "")
     refuse_if_running(config)
+    from recsys.select import check_settings  # imports torch
+
+    check_settings(config)  # one line and nothing else for a bad setting
     with job_progress(config, "nightly"):
         from recsys.pipeline import nightly as run_nightly  # imports torch: after the lock check
 

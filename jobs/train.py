@@ -32,14 +32,16 @@ def train(config_path, interactions, model, seed, out) -> None:
         config_path,
         {"source.interactions": interactions, "model.name": model, "training.seed": seed},
     )
+    from recsys.select import check_settings  # imports torch
+
+    check_settings(config)  # one line and nothing else for a bad setting
     with job_progress(config, "train"):
         # torch is imported only by the commands that use it, so every other one starts fast.
         from recsys.checkpoint import save_checkpoint
         from recsys.dataset import load_dataset
         from recsys.score import resolve_device
-        from recsys.select import check_settings, train_and_choose
+        from recsys.select import train_and_choose
 
-        check_settings(config)
         check_writable(Path(out).resolve().parent, "the checkpoint")  # before hours of training
         device = resolve_device(config.training.device)
         trained = train_and_choose(load_dataset(config), config, device)

@@ -469,7 +469,7 @@ def input_paths(config: Config) -> dict[str, Path]:
 def nightly(
     config: Config, run_id: str | None = None, allow_demo: bool = False, force_publish: str = ""
 ) -> RunSummary:
-    check_settings(config)
+    check_settings(config)  # again for library callers; the command checked before its log
 
     def make_trained(timer: Timer) -> TrainedModel:
         if not config.source.interactions:  # refused before the demo data is even made

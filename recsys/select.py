@@ -232,10 +232,10 @@ def compare_candidates(dataset: Dataset, config: Config, device: torch.device) -
                  len(check.valid), tuning.trials, share)  # fmt: skip
         cls, given = selectable_class(name), model_params(config, name)
 
-        def run_trial(params: dict[str, Any]) -> tuple[Recommender, float, int]:
+        def run_trial(params: dict[str, Any]) -> tuple[Recommender, float, int, int]:
             model = new_model(name, dataset, config, params)
             result = fit(model, check.train, check.valid, settings)
-            return model, check.value(model), result.best_epoch
+            return model, check.value(model), result.best_epoch, result.steps
 
         result = tune(name, given, {**cls.DEFAULTS, **given}, cls.SEARCH_SPACE, run_trial,
                       share, tuning.trials, config.training.seed, check.maximize,
@@ -432,7 +432,7 @@ def train_and_choose(dataset: Dataset, config: Config, device: torch.device) -> 
     else:
         model = comparison.blend or comparison.tuned[comparison.best].model
         served = model.members if comparison.blend else [model]
-        fitted = all(not m.trainable or comparison.tuned[m.name].best_epoch > 0 for m in served)
+        fitted = all(not m.trainable or comparison.tuned[m.name].steps > 0 for m in served)
         seen = Validation(dataset, config, device).train
     indptr, indices = seen.csr()
     return TrainedModel(

@@ -44,14 +44,15 @@ class Tuned:
     params: dict[str, Any]  # the hyper-parameters it was built with (user settings included)
     value: float  # the selection metric on validation
     best_epoch: int
+    steps: int = 0  # optimizer steps of the best trial's fit (closed-form fits: 0)
     trials: list[Trial] = field(default_factory=list)
     seconds: float = 0.0
 
 
 # One trial: build and fit a model with these hyper-parameters, return it with its validation
-# value and best epoch. A TrainingError (e.g. a diverging loss) fails only that trial; any
+# value, best epoch and optimizer steps. A TrainingError (e.g. a diverging loss) fails only that trial; any
 # other error (a bad setting) stops the run.
-TrialRunner = Callable[[dict[str, Any]], tuple[Recommender, float, int]]
+TrialRunner = Callable[[dict[str, Any]], tuple[Recommender, float, int, int]]
 
 
 def tune(
@@ -85,7 +86,7 @@ def tune(
         params = {**given, **suggest(trial, space)}
         began = time.monotonic()
         try:
-            model, value, epoch = run_trial(params)
+            model, value, epoch, steps = run_trial(params)
         except TrainingError as exc:  # e.g. a diverging loss: only this point is bad
             log.info("%s: trial %s failed (%s)", name, _show(params), exc)
             raise optuna.TrialPruned() from None
@@ -96,7 +97,7 @@ def tune(
         trials.append(Trial(params, value, epoch, time.monotonic() - began))
         log.debug("%s trial %d: %s -> %.4f", name, len(trials), _show(params), value)
         if best is None or (value > best.value if maximize else value < best.value):
-            best = Tuned(name, model, params, value, epoch)
+            best = Tuned(name, model, params, value, epoch, steps)
         return value if math.isfinite(value) else (-1e30 if maximize else 1e30)
 
     # Few random start-up trials: budgets allow tens of trials, not hundreds; multivariate TPE

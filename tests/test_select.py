@@ -39,7 +39,7 @@ def test_tune_starts_from_the_defaults_and_finds_a_better_point() -> None:
     towards the optimum, and settings the user gave are never searched."""
 
     def run_trial(params):
-        return None, -((np.log10(params["reg"]) - np.log10(3.0)) ** 2), 0
+        return None, -((np.log10(params["reg"]) - np.log10(3.0)) ** 2), 0, 0
 
     space = {"reg": ("log", 0.01, 1000.0)}
     result = tune("m", {}, {"reg": 300.0}, space, run_trial, 60.0, 25, 0, True, True)
