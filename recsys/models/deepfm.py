@@ -32,7 +32,7 @@ class DeepFM(FM):
         super().__init__(num_users, num_items, **kwargs)
         dim = int(self.hparams["dim"])
         hidden = [int(h) for h in self.hparams["hidden"]]
-        width_u, width_i = self.user.num_fields * dim, self.item.num_fields * dim
+        width_u, width_i = (fields * dim for fields in self.num_fields)
         self.first_user = nn.Linear(width_u, hidden[0], bias=False)  # W1_U
         self.first_item = nn.Linear(width_i, hidden[0])  # W1_I, b1
         layers: list[nn.Module] = []
@@ -52,8 +52,8 @@ class DeepFM(FM):
         f = self.fm_factors()
         fm = f.user[user_idx] @ f.item.T  # (B, I)
         rows_i = torch.arange(self.num_items, device=user_idx.device)
-        a = self.first_user(self.user.fields(user_idx).flatten(1))  # (B, H1)
-        b = self.first_item(self.item.fields(rows_i).flatten(1))  # (I, H1)
+        a = self.first_user(self.encode("user", user_idx)[0].flatten(1))  # (B, H1)
+        b = self.first_item(self.encode("item", rows_i)[0].flatten(1))  # (I, H1)
         deep = self.rest(a[:, None, :] + b[None, :, :]).squeeze(-1)  # (B, I)
         return fm + deep
 
