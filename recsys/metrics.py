@@ -76,3 +76,11 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     avg = first + (counts + 1) / 2.0
     ranks[order] = np.repeat(avg, counts)
     return float((ranks[labels].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
+
+
+def logloss(probabilities: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy -[y log p + (1 - y) log(1 - p)], p clipped to [eps, 1 - eps]
+    so that one confident miss costs a finite amount."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(labels, dtype=bool)
+    return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
