@@ -22,8 +22,8 @@ import torch
 from recsys.config import Config
 from recsys.data.split import random_split
 from recsys.dataset import Dataset, load_dataset
-from recsys.evaluate import predict_pairs
-from recsys.metrics import auc, logloss
+from recsys.evaluate import evaluate_clicks
+from recsys.metrics import logloss
 from recsys.pipeline import new_model, train_settings
 from recsys.train import fit
 
@@ -66,17 +66,13 @@ def ctr_section(dataset: Dataset, config: Config) -> list[str]:
         model = new_model(name, dataclasses.replace(dataset, interactions=train), config)
         fit(model, train, None, settings, epochs=max(result.best_epoch, 1))
         seconds = time.monotonic() - started
-        assert model.predicts_probabilities
-        logits = predict_pairs(
-            model, test.frame["user_idx"].to_numpy(), test.frame["item_idx"].to_numpy(), CPU
-        )
-        probabilities = torch.sigmoid(torch.from_numpy(logits)).numpy()
+        clicks = evaluate_clicks(model, test, CPU, THRESHOLD)
         settings_text = f"{label}, {result.best_epoch} epochs: " + ", ".join(
             f"{k} = {v}" for k, v in sorted(model.hparams.items()) if k in SHOWN
         )
         lines.append(
-            f"| {name} | {settings_text} | {auc(logits, labels):.4f} "
-            f"| {logloss(probabilities, labels):.4f} | {constant:.4f} | {seconds:.0f} |"
+            f"| {name} | {settings_text} | {clicks['auc']:.4f} | {clicks['logloss']:.4f} "
+            f"| {constant:.4f} | {seconds:.0f} |"
         )
         print(lines[-1], flush=True)
     return lines

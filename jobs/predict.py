@@ -22,7 +22,8 @@ from jobs.common import build_config, config_option, handle_errors
 @config_option
 @handle_errors
 def predict(checkpoint, pairs, out, config_path) -> None:
-    """Predict a rating (rating models) or score for every (user_id, item_id) pair."""
+    """Predict a rating (rating models), a probability (logloss models) or a score for every
+    (user_id, item_id) pair."""
     config = build_config(config_path, {})
     # torch is imported only by the commands that use it, so every other one starts fast.
     from recsys.checkpoint import load_checkpoint

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 RANKING_METRICS = ("precision", "recall", "ndcg", "map", "hitrate", "coverage")
-RATING_METRICS = ("rmse", "mae", "auc")
+RATING_METRICS = ("rmse", "mae", "auc", "logloss")
 # Metrics where lower is better (for model choice and the quality gate).
-LOWER_IS_BETTER = frozenset({"rmse", "mae"})
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "logloss"})
 
 
 def ranking_metrics(hits: np.ndarray, num_relevant: np.ndarray, k: int) -> dict[str, float]:

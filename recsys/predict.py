@@ -15,7 +15,7 @@ from recsys.config import ColumnsConfig, DataConfig
 from recsys.data.interactions import parse_ids
 from recsys.data.tables import read_table
 from recsys.errors import DataError
-from recsys.evaluate import predict_pairs
+from recsys.evaluate import predict_pairs, probabilities
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def predict_file(
     if trained.model.predicts_ratings:
         predictions = np.clip(predictions, data.min_rating, data.max_rating)
     elif trained.model.predicts_probabilities:
-        predictions = torch.sigmoid(torch.from_numpy(predictions)).numpy()
+        predictions = probabilities(predictions)
     result = pl.DataFrame(
         {"user_id": users, "item_id": items, "prediction": predictions.astype(np.float32)}
     )

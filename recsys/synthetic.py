@@ -168,9 +168,7 @@ def planted_clicks(
     users = np.repeat(np.arange(num_users), per_user)
     items = items.ravel()
     ruled = rng.random(users.size) < signal
-    clicked = np.where(
-        ruled, segment[users] == category[items], rng.random(users.size) < 0.5
-    )
+    clicked = np.where(ruled, segment[users] == category[items], rng.random(users.size) < 0.5)
     interactions = pl.DataFrame(
         {
             "user_id": users + 1,
@@ -182,8 +180,12 @@ def planted_clicks(
     names = [f"s{s}" for s in range(num_segments)]
     return Dataset(
         interactions,
-        pl.DataFrame({"user_id": np.arange(1, num_users + 1), "segment": [names[s] for s in segment]}),
-        pl.DataFrame({"item_id": np.arange(1, num_items + 1), "category": [names[c] for c in category]}),
+        pl.DataFrame(
+            {"user_id": np.arange(1, num_users + 1), "segment": [names[s] for s in segment]}
+        ),
+        pl.DataFrame(
+            {"item_id": np.arange(1, num_items + 1), "category": [names[c] for c in category]}
+        ),
         segment,
         category,
     )

@@ -73,4 +73,6 @@ def test_weight_decay_reaches_dense_weights_only() -> None:
     decayed = {id(p) for g in groups if g["weight_decay"] for p in g["params"]}
     names = {name for name, p in model.named_parameters() if id(p) in decayed}
     assert names == {"first_user.weight", "first_item.weight", "rest.2.weight", "rest.5.weight"}
-    assert all(g["weight_decay"] == 0 for g in make_optimizer(build_model("deepfm", 5, 4), 64).param_groups)
+    assert all(
+        g["weight_decay"] == 0 for g in make_optimizer(build_model("deepfm", 5, 4), 64).param_groups
+    )
