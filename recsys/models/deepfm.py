@@ -31,7 +31,7 @@ class DeepFM(FM):
     # Click-through use: FM's settings, and an MLP held small by L2. On MovieLens-100K any
     # less-regularised MLP overfits within a few epochs and lowers AUC.
     LOSS_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
-        "logloss": {**FM.LOSS_DEFAULTS["logloss"], "weight_decay": 0.01}
+        "logloss": {**FM.LOSS_DEFAULTS["logloss"], "dim": 128, "weight_decay": 0.01}
     }
 
     def __init__(self, num_users: int, num_items: int, **kwargs: Any) -> None:

@@ -58,7 +58,6 @@ class FM(Recommender):
     # stronger L2 on the embeddings.
     LOSS_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
         "logloss": {
-            "dim": 32,
             "lr": 0.001,
             "reg": 0.002,
             "init_std": 0.01,
