@@ -25,7 +25,8 @@ from recsys.files import check_writable
 @config_option
 @handle_errors
 def predict(checkpoint, pairs, out, config_path) -> None:
-    """Predict a rating (rating models) or score for every (user_id, item_id) pair."""
+    """Predict a rating (rating models), a probability (logloss models) or a score for every
+    (user_id, item_id) pair."""
     config = build_config(config_path, {})
     check_writable(Path(out).resolve().parent, "predictions")  # before any scoring
     # torch is imported only by the commands that use it, so every other one starts fast.

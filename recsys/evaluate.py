@@ -252,6 +252,27 @@ def evaluate_auc(
     return metrics.auc(scores, frame["rating"].to_numpy() >= threshold)
 
 
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """A click-through model's logits as the probabilities `recsys predict` writes."""
+    return torch.sigmoid(torch.from_numpy(np.asarray(logits, dtype=np.float32))).numpy()
+
+
+def evaluate_clicks(
+    model: Recommender, held_out: Interactions, device: torch.device, threshold: float
+) -> dict[str, float]:
+    """AUC and LogLoss of a click-through model (loss logloss) on held-out ratings, the
+    label being rating >= threshold."""
+    frame = held_out.frame
+    logits = predict_pairs(
+        model, frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy(), device
+    )
+    labels = frame["rating"].to_numpy() >= threshold
+    return {
+        "auc": metrics.auc(logits, labels),
+        "logloss": metrics.logloss(probabilities(logits), labels),
+    }
+
+
 @dataclass
 class Evaluation:
     """A model's metric rows and its NDCG by user activity."""
@@ -272,11 +293,15 @@ def evaluate_all(
     seed: int = 0,
 ) -> Evaluation:
     """Every metric that applies: ranking at K always (also by user activity; on a seeded
-    sample of `max_users` users when > 0), RMSE/MAE for rating models."""
+    sample of `max_users` users when > 0), RMSE/MAE for rating models, AUC/LogLoss for
+    click-through models."""
     ranking = rank_held_out(model, train, held_out, k, device, positive_threshold, max_users, seed)
     rows = [Metric(model.name, name, k, value) for name, value in ranking.metrics.items()]
     if train.has_ratings and model.predicts_ratings:
         for name, value in evaluate_ratings(model, held_out, device, *rating_range).items():
+            rows.append(Metric(model.name, name, None, value))
+    if train.has_ratings and model.predicts_probabilities:
+        for name, value in evaluate_clicks(model, held_out, device, positive_threshold).items():
             rows.append(Metric(model.name, name, None, value))
     return Evaluation(rows, ranking.by_activity)
 

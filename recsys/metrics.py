@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 RANKING_METRICS = ("precision", "recall", "ndcg", "map", "hitrate", "coverage")
-RATING_METRICS = ("rmse", "mae", "auc")
+RATING_METRICS = ("rmse", "mae", "auc", "logloss")
 # Metrics where lower is better (for model choice and the quality gate).
-LOWER_IS_BETTER = frozenset({"rmse", "mae"})
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "logloss"})
 
 
 def ranking_metrics(hits: np.ndarray, num_relevant: np.ndarray, k: int) -> dict[str, float]:
@@ -88,3 +88,11 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     avg = first + (counts + 1) / 2.0
     ranks[order] = np.repeat(avg, counts)
     return float((ranks[labels].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
+
+
+def logloss(probabilities: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy -[y log p + (1 - y) log(1 - p)], p clipped to [eps, 1 - eps]
+    so that one confident miss costs a finite amount."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(labels, dtype=bool)
+    return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))

@@ -15,7 +15,7 @@ from recsys.config import ColumnsConfig, DataConfig
 from recsys.data.interactions import parse_ids
 from recsys.data.tables import read_table
 from recsys.errors import DataError
-from recsys.evaluate import predict_pairs
+from recsys.evaluate import predict_pairs, probabilities
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ def predict_file(
     device: torch.device,
 ) -> pl.DataFrame:
     """Read pairs (CSV/Parquet/DuckDB, columns.user and columns.item), write Parquet with
-    user_id, item_id, prediction: ratings clipped to the configured range for rating models,
-    scores otherwise."""
+    user_id, item_id, prediction: ratings clipped to the configured range for rating models
+    (loss mse), probabilities of rating >= data.positive_threshold for click-through models
+    (loss logloss: the sigmoid of their logits), scores otherwise."""
     frame, source = read_table(pairs)
     for role in ("user", "item"):
         name = getattr(columns, role)
@@ -55,6 +56,8 @@ def predict_file(
     predictions = predict_pairs(trained.model, user_idx, item_idx, device)
     if trained.model.predicts_ratings:
         predictions = np.clip(predictions, data.min_rating, data.max_rating)
+    elif trained.model.predicts_probabilities:
+        predictions = probabilities(predictions)
     result = pl.DataFrame(
         {"user_id": users, "item_id": items, "prediction": predictions.astype(np.float32)}
     )

@@ -32,6 +32,7 @@ from recsys.evaluate import (
     blend_ndcg,
     evaluate_all,
     evaluate_auc,
+    evaluate_clicks,
     evaluate_ratings,
     rank_held_out,
 )
@@ -187,9 +188,11 @@ class Validation:
             return rank_held_out(model, self.train, self.valid, self.k, self.device,
                                  self.threshold, max_users, self.config.training.seed
                                  ).metrics[self.metric]  # fmt: skip
-        if self.metric == "auc":
+        if model.predicts_probabilities and self.metric in ("auc", "logloss"):
+            return evaluate_clicks(model, self.valid, self.device, self.threshold)[self.metric]
+        if self.metric == "auc":  # any model's scores rank positives above the rest, or not
             return evaluate_auc(model, self.valid, self.device, self.threshold)
-        if not (self.train.has_ratings and model.predicts_ratings):
+        if self.metric == "logloss" or not (self.train.has_ratings and model.predicts_ratings):
             return float("nan")
         return evaluate_ratings(model, self.valid, self.device, *self.rating_range)[self.metric]
 
@@ -201,7 +204,7 @@ class Validation:
                                   self.threshold, self.rating_range, EVALUATION_MAX_USERS,
                                   self.config.training.seed)  # fmt: skip
         rows = evaluation.metrics
-        if self.metric == "auc":
+        if self.metric == "auc" and not any(r.metric == "auc" for r in rows):
             rows.append(Metric(model.name, "auc", None, self.value(model)))
         return rows, evaluation.by_activity
 

@@ -143,3 +143,49 @@ def _item_features(item_cluster: np.ndarray, rng: np.random.Generator) -> pl.Dat
             "year": (1970 + rng.integers(0, 50, n)).astype(np.int64),
         }
     )
+
+
+def planted_clicks(
+    num_users: int = 300,
+    num_items: int = 120,
+    per_user: int = 20,
+    num_segments: int = 4,
+    signal: float = 1.0,
+    seed: int = 0,
+) -> Dataset:
+    """Click-through data whose label follows a feature rule: a user "clicks" (rating 5,
+    else 1) an item exactly when the user's `segment` equals the item's `category`, for a
+    share `signal` of the rows; the other rows get a coin flip. `signal=0` is pure noise.
+
+    Each user sees `per_user` distinct items drawn uniformly, so which pairs exist says
+    nothing about their labels. The clusters are the segments and categories.
+    """
+    rng = np.random.default_rng(seed)
+    segment = rng.integers(0, num_segments, num_users)
+    category = rng.integers(0, num_segments, num_items)
+    per_user = min(per_user, num_items)
+    items = np.argsort(rng.random((num_users, num_items)), axis=1)[:, :per_user]  # (U, n)
+    users = np.repeat(np.arange(num_users), per_user)
+    items = items.ravel()
+    ruled = rng.random(users.size) < signal
+    clicked = np.where(ruled, segment[users] == category[items], rng.random(users.size) < 0.5)
+    interactions = pl.DataFrame(
+        {
+            "user_id": users + 1,
+            "item_id": items + 1,
+            "rating": np.where(clicked, 5.0, 1.0).astype(np.float32),
+            "timestamp": (START_TS + rng.integers(0, SPAN_S, users.size)).astype(np.int64),
+        }
+    )
+    names = [f"s{s}" for s in range(num_segments)]
+    return Dataset(
+        interactions,
+        pl.DataFrame(
+            {"user_id": np.arange(1, num_users + 1), "segment": [names[s] for s in segment]}
+        ),
+        pl.DataFrame(
+            {"item_id": np.arange(1, num_items + 1), "category": [names[c] for c in category]}
+        ),
+        segment,
+        category,
+    )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from recsys.data.interactions import Interactions
 from recsys.errors import ConfigError, TrainingError
@@ -253,12 +254,28 @@ def feedback(data: Interactions) -> Feedback:
 
 
 def make_optimizer(model: Recommender, batch_size: int) -> torch.optim.Optimizer:
-    """Adam by default. optimizer = "sgd" is Funk's SVD update: plain SGD where `lr` (and
+    """Adam by default (with `weight_decay` on dense weight matrices). optimizer = "sgd" is Funk's SVD update: plain SGD where `lr` (and
     `bias_lr` for parameters named *bias*) is the step per rating, as in the classic
     per-rating loop; the loss is a batch mean, hence the batch_size / 2 scaling."""
     hp = model.hparams
     if hp.get("optimizer", "adam") == "adam":
-        return torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
+        decay = float(hp.get("weight_decay", 0.0))
+        if not decay:
+            return torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
+        # weight_decay: L2 on dense layers' weight matrices (DeepFM's MLP), the usual recipe;
+        # embedding tables get `reg` on the rows each batch uses, and biases no penalty.
+        tables = {
+            id(p)
+            for m in model.modules()
+            if isinstance(m, nn.Embedding | nn.EmbeddingBag)
+            for p in m.parameters()
+        }
+        dense = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in tables]
+        dense_ids = {id(p) for p in dense}
+        rest = [p for p in model.parameters() if id(p) not in dense_ids]
+        return torch.optim.Adam(
+            [{"params": rest}, {"params": dense, "weight_decay": decay}], lr=float(hp["lr"])
+        )
     if hp["optimizer"] != "sgd":
         raise ConfigError(
             f"model '{model.name}': unknown optimizer '{hp['optimizer']}' (expected adam or sgd)"

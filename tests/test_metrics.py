@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from recsys.metrics import auc, coverage, mae, ranking_metrics, rmse
+from recsys.metrics import auc, coverage, logloss, mae, ranking_metrics, rmse
 
 # user 0: relevant {a, b, c}; list [a, x, b, y] -> hits at ranks 1 and 3
 # user 1: relevant {z};       list [x, y, w, z] -> hit at rank 4
@@ -54,3 +54,13 @@ def test_auc_counts_ordered_pairs_and_half_ties() -> None:
     # positive-negative pairs: (0.9>0.5), (0.9>0.1), (0.5=0.5: half), (0.5>0.1) -> 3.5 / 4
     assert auc(scores, labels) == pytest.approx(3.5 / 4)
     assert math.isnan(auc(scores, np.ones(4, dtype=bool)))
+
+
+def test_logloss_by_hand_and_clipped() -> None:
+    p, y = np.array([0.9, 0.2, 0.5]), np.array([True, False, False])
+    assert logloss(p, y) == pytest.approx(-(math.log(0.9) + math.log(0.8) + math.log(0.5)) / 3)
+    # the constant predictor at the positive rate costs the labels' entropy
+    assert logloss(np.full(4, 0.25), np.array([1, 0, 0, 0])) == pytest.approx(
+        -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    )
+    assert math.isfinite(logloss(np.array([0.0, 1.0]), np.array([True, False])))

@@ -8,7 +8,7 @@ import pytest
 from recsys.config import Config
 from recsys.errors import ConfigError
 from recsys.models import REGISTRY, build_model
-from recsys.pipeline import check_settings
+from recsys.select import check_settings
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,12 @@ from recsys.data.split import random_split, temporal_split
 from recsys.errors import ConfigError
 from recsys.evaluate import evaluate_ranking, predict_pairs
 from recsys.metrics import auc
-from recsys.models import SELECTABLE, Feedback, build_model
+from recsys.models import REGISTRY, SELECTABLE, Feedback, build_model
+from recsys.models.deepfm import DeepFM
 from recsys.models.fm import feature_args
-from recsys.models.layers import fm_pairwise
+from recsys.models.layers import History, fm_pairwise
 from recsys.score import SeenMatrix, scorer_for, top_n
-from recsys.synthetic import planted
+from recsys.synthetic import planted, planted_clicks
 from recsys.train import TrainSettings, fit
 
 # float32 sums of 16-64 products: agreement to 1e-5 relative.
@@ -136,8 +137,9 @@ def test_bpr_beats_popularity_on_held_out_planted_items() -> None:
     assert scores["bpr"] > 2 * scores["popularity"], scores
 
 
-def _featured_model(name: str, seed: int = 0):
-    """An FM-family model over planted user/item feature tables (multi-valued genres too)."""
+def _featured_model(name: str, seed: int = 0, history: bool = False):
+    """An FM-family model over planted user/item feature tables (multi-valued genres too),
+    with the interactions as its history field when `history`."""
     data = planted(num_users=30, num_items=25, per_user=5, seed=seed)
     inter = interactions_from_frame(data.interactions, "planted", ColumnsConfig(), DataConfig())
     config = FeaturesConfig()
@@ -148,19 +150,20 @@ def _featured_model(name: str, seed: int = 0):
     ):
         table = table.rename({f"{side}_id": "id"}).drop("title", strict=False)
         sides.append(encode_side(ids, table, detect_kinds(table, config.separator), config, side))
-    model = build_model(
-        name, inter.num_users, inter.num_items, model_args=feature_args(*sides), dim=8
-    )
+    model = build_model(name, inter.num_users, inter.num_items,
+                        model_args=feature_args(*sides), dim=8, history=history)  # fmt: skip
     model.set_features(*sides)
+    model.prepare(*(torch.tensor(inter.frame[c]) for c in ("user_idx", "item_idx", "rating")))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     return model.eval(), inter, sides
 
 
+@pytest.mark.parametrize("history", [False, True])
 @pytest.mark.parametrize("name", ["fm", "deepfm"])
-def test_featured_full_scoring_matches_forward(name: str) -> None:
-    model, inter, sides = _featured_model(name)
+def test_featured_full_scoring_matches_forward(name: str, history: bool) -> None:
+    model, inter, sides = _featured_model(name, history=history)
     assert (
         sides[1].index.shape[1] == 3 and sides[1].index.shape[2] >= 2
     )  # id, year, multi-valued genres
@@ -202,3 +205,88 @@ def test_fm_forward_equals_brute_force_over_raw_features() -> None:
                 for b in range(a + 1, len(vectors))
             )
             torch.testing.assert_close(got[row], linear + pairs, rtol=1e-5, atol=1e-5)
+
+
+def _click_data(signal: float, seed: int = 0):
+    """Planted click-through data as Interactions plus encoded side features."""
+    data = planted_clicks(num_users=300, num_items=120, per_user=20, signal=signal, seed=seed)
+    inter = interactions_from_frame(data.interactions, "clicks", ColumnsConfig(), DataConfig())
+    config = FeaturesConfig()
+    sides = [
+        encode_side(ids, table.rename({f"{side}_id": "id"}), {name: "categorical"}, config, side)
+        for side, ids, table, name in (
+            ("user", inter.users, data.user_features, "segment"),
+            ("item", inter.items, data.item_features, "category"),
+        )
+    ]
+    return inter, sides
+
+
+@pytest.mark.parametrize("name", ["fm", "deepfm"])
+def test_ctr_model_learns_a_planted_feature_rule_and_not_noise(name: str) -> None:
+    """logloss on labels set by a feature rule (segment == category): held-out AUC near 1;
+    on coin-flip labels, near 0.5. Early stopping on an inner split, as in production; small
+    batches give this small dataset enough steps per epoch for the logloss defaults' step size."""
+    settings = TrainSettings(seed=0, batch_size=256, positive_threshold=4.0)
+    results = {}
+    for signal in (1.0, 0.0):
+        inter, sides = _click_data(signal)
+        train, test = random_split(inter, 0.2, seed=0)
+        inner_train, inner_valid = random_split(train, 0.2, seed=1)
+        model = build_model(name, inter.num_users, inter.num_items,
+                            model_args=feature_args(*sides), loss="logloss")  # fmt: skip
+        model.set_features(*sides)
+        fit(model, inner_train, inner_valid, settings)
+        u, i = test.frame["user_idx"].to_numpy(), test.frame["item_idx"].to_numpy()
+        labels = test.frame["rating"].to_numpy() >= 4.0
+        results[signal] = auc(predict_pairs(model, u, i, torch.device("cpu")), labels)
+    assert results[1.0] > 0.95, results
+    assert abs(results[0.0] - 0.5) < 0.06, results
+
+
+def test_history_pools_partners_and_leaves_the_pair_out() -> None:
+    """The pool equals sum_j y_j / sqrt(n) by brute force; a pair in the history leaves
+    itself out (n - 1 partners), a pair outside it and an unknown row (-1) change nothing."""
+    history = History(num_owners=4, num_partners=6, dim=3, init_std=1.0, max_len=10)
+    pairs = {0: [1, 2, 5], 1: [0], 3: [2, 4]}
+    owners = torch.tensor([o for o, ps in pairs.items() for _ in ps] + [0])  # (0, 1) twice
+    history.set_pairs(owners, torch.tensor([p for ps in pairs.values() for p in ps] + [1]))
+    y = history.emb.weight.detach()
+
+    def brute(owner: int, leave_out: int | None = None) -> torch.Tensor:
+        kept = [p for p in pairs.get(owner, []) if p != leave_out]
+        return y[kept].sum(0) / max(len(kept), 1) ** 0.5 if kept else torch.zeros(3)
+
+    rows = torch.tensor([0, 1, 2, 3, -1, 0])
+    with torch.no_grad():
+        pooled = history.pool(rows)
+        left_out = history.pool(rows, torch.tensor([2, 0, 1, 3, 0, 4]))
+    expected = [brute(0), brute(1), brute(2), brute(3), torch.zeros(3), brute(0)]
+    torch.testing.assert_close(pooled, torch.stack(expected))
+    expected = [brute(0, 2), brute(1, 0), brute(2), brute(3), torch.zeros(3), brute(0)]
+    torch.testing.assert_close(left_out, torch.stack(expected))
+
+
+def test_history_keeps_at_most_max_len_partners_and_reloads_at_any_size() -> None:
+    torch.manual_seed(0)
+    history = History(num_owners=3, num_partners=50, dim=2, init_std=0.1, max_len=7)
+    owners = torch.tensor([0] * 40 + [1] * 3)
+    history.set_pairs(owners, torch.cat([torch.arange(40), torch.arange(3)]))
+    per_owner = torch.bincount(history.keys // 50, minlength=3)
+    assert per_owner.tolist() == [7, 3, 0]
+    fresh = History(num_owners=3, num_partners=50, dim=2, init_std=0.1, max_len=7)
+    fresh.load_state_dict(history.state_dict())  # an untrained model has no history yet
+    torch.testing.assert_close(fresh.pool(torch.arange(3)), history.pool(torch.arange(3)))
+
+
+def test_loss_defaults_apply_to_their_loss_and_user_settings_win() -> None:
+    ranking = build_model("deepfm", 3, 3)
+    assert ranking.hparams["loss"] == "bce" and not ranking.hparams["history"]
+    ctr = build_model("deepfm", 3, 3, loss="logloss")
+    assert ctr.hparams == {**DeepFM.DEFAULTS, **DeepFM.LOSS_DEFAULTS["logloss"], "loss": "logloss"}
+    assert ctr.predicts_probabilities and not ctr.predicts_ratings
+    assert build_model("fm", 3, 3, loss="logloss", lr=0.01).hparams["lr"] == 0.01
+    assert build_model("fm", 3, 3, loss="mse").predicts_ratings
+    for cls in REGISTRY.values():  # loss defaults only set parameters the model has
+        for loss, overrides in cls.LOSS_DEFAULTS.items():
+            assert set(overrides) <= set(cls.DEFAULTS), (cls.name, loss)

@@ -2,10 +2,13 @@
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
 
+from recsys.checkpoint import load_checkpoint
+from recsys.evaluate import predict_pairs
 from recsys.models import build_model
 from tests.conftest import run_cli
 
@@ -16,17 +19,18 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     folder = tmp_path_factory.mktemp("ckpt")
     (folder / "recsys.toml").write_text(FAST_CONFIG)
+    # DeepFM as a click-through model: label rating >= 4, its logloss defaults.
+    ctr = '[data]\npositive_threshold = 4\n\n[model.params.deepfm]\nloss = "logloss"\n'
+    (folder / "ctr.toml").write_text(FAST_CONFIG + ctr)
     out = {}
-    for name in ("mf_bias", "deepfm"):
-        out[name] = folder / f"{name}.pt"
+    for key, name, config in (
+        ("mf_bias", "mf_bias", "recsys.toml"),
+        ("deepfm", "deepfm", "recsys.toml"),
+        ("deepfm_ctr", "deepfm", "ctr.toml"),
+    ):
+        out[key] = folder / f"{key}.pt"
         result = run_cli(
-            "train",
-            "--config",
-            str(folder / "recsys.toml"),
-            "--model",
-            name,
-            "--out",
-            str(out[name]),
+            "train", "--config", str(folder / config), "--model", name, "--out", str(out[key])
         )
         assert result.returncode == 0, result.stderr
     return out
@@ -71,6 +75,29 @@ def test_predict_with_features_model(tmp_path: Path, checkpoints: dict[str, Path
     )
     assert result.returncode == 0, result.stderr
     assert pl.read_parquet(out)["prediction"].is_finite().all()
+
+
+def test_predict_writes_probabilities_for_a_logloss_model(
+    tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    """A logloss model's predictions are P(rating >= positive_threshold): the sigmoid of its
+    logits, in [0, 1], unknown users and items included."""
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,item_id\n1,1\n2,3\n3,7\n4,2\n99999,1\n1,99999\n")
+    out = tmp_path / "pred.parquet"
+    result = run_cli(
+        "predict", "--checkpoint", str(checkpoints["deepfm_ctr"]), "--pairs", str(pairs),
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    got = pl.read_parquet(out)["prediction"].to_numpy()
+    assert ((got > 0) & (got < 1)).all() and np.unique(got).size == got.size, got
+    trained = load_checkpoint(checkpoints["deepfm_ctr"])
+    assert trained.model.hparams["loss"] == "logloss" and trained.model.hparams["history"]
+    user_idx = trained.users.encode(pl.Series([1, 2, 3, 4, 99999, 1])).fill_null(-1).to_numpy()
+    item_idx = trained.items.encode(pl.Series([1, 3, 7, 2, 1, 99999])).fill_null(-1).to_numpy()
+    logits = predict_pairs(trained.model, user_idx, item_idx, torch.device("cpu"))
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)
 
 
 def test_predict_missing_column(tmp_path: Path, checkpoints: dict[str, Path]) -> None:

@@ -7,7 +7,7 @@ from recsys.data.interactions import interactions_from_frame
 from recsys.errors import TrainingError
 from recsys.models import build_model
 from recsys.synthetic import planted
-from recsys.train import NegativeSampler, TrainSettings, fit
+from recsys.train import NegativeSampler, TrainSettings, fit, make_optimizer
 
 
 def _data():
@@ -63,3 +63,16 @@ def test_negative_sampler_avoids_known_positives() -> None:
     )
     # uniform draws would hit a positive half the time; five redraws leave about 0.5^6
     assert collisions / len(query) < 0.05
+
+
+def test_weight_decay_reaches_dense_weights_only() -> None:
+    """DeepFM's weight_decay is L2 on its MLP's weight matrices; embedding tables (regularised
+    by reg on the rows a batch uses) and biases are left alone."""
+    model = build_model("deepfm", 5, 4, weight_decay=0.01)
+    groups = make_optimizer(model, 4096).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] for p in g["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in decayed}
+    assert names == {"first_user.weight", "first_item.weight", "rest.2.weight", "rest.5.weight"}
+    assert all(
+        g["weight_decay"] == 0 for g in make_optimizer(build_model("deepfm", 5, 4), 64).param_groups
+    )

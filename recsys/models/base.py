@@ -77,10 +77,12 @@ class Recommender(nn.Module):
 
     name: ClassVar[str] = ""
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    # Defaults that replace DEFAULTS' when the model is trained with another loss than its
+    # default one, e.g. {"logloss": {"dim": 32, ...}} for click-through use: the settings
+    # tuned for ranking rarely suit it. Parameters the user sets still win.
+    LOSS_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
     # False for models fitted in closed form (popularity): the trainer calls `fit_direct`.
     trainable: ClassVar[bool] = True
-    # True when predictions are on the rating scale (MSE-trained); else they are scores.
-    predicts_ratings: ClassVar[bool] = False
     # True when the model reads side features (FM, DeepFM): see set_features.
     uses_features: ClassVar[bool] = False
     # False for models built by the job itself (a blend), not asked for by name.
@@ -101,9 +103,26 @@ class Recommender(nn.Module):
         super().__init__()
         self.num_users = num_users
         self.num_items = num_items
-        self.hparams: dict[str, Any] = {**self.DEFAULTS, **self.checked_hparams(hparams)}
+        given = self.checked_hparams(hparams)
+        loss = given.get("loss", self.DEFAULTS.get("loss"))
+        self.hparams: dict[str, Any] = {
+            **self.DEFAULTS,
+            **self.LOSS_DEFAULTS.get(loss, {}),
+            **given,
+        }
         # Constructor arguments beyond hyper-parameters (feature shapes), kept in checkpoints.
         self.model_args: dict[str, Any] = {}
+
+    @property
+    def predicts_ratings(self) -> bool:
+        """Outputs are on the rating scale (trained with MSE): predictions are clipped to it."""
+        return self.hparams.get("loss") == "mse"
+
+    @property
+    def predicts_probabilities(self) -> bool:
+        """Outputs are logits of P(rating >= positive_threshold) (trained with logloss):
+        predictions are their sigmoid."""
+        return self.hparams.get("loss") == "logloss"
 
     def params(self) -> dict[str, Any]:
         """The settings that describe this model in runs.params and reports."""

@@ -27,7 +27,6 @@ from recsys.models.mf import MF
 
 class IALS(MF):
     name: ClassVar[str] = "ials"
-    predicts_ratings: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
     DEFAULTS: ClassVar[dict[str, Any]] = {
         **PROFILE_DEFAULTS,

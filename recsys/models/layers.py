@@ -85,11 +85,76 @@ class FieldBags(nn.Module):
         )
         return fields, linear
 
-    def fields(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.encode(rows)[0]
-
 
 def fm_pairwise(fields: torch.Tensor) -> torch.Tensor:
     """FM second-order term over fields in O(F k) (Rendle 2010, eq. 5):
     sum_{f<g} <e_f, e_g> = 0.5 * sum_k ((sum_f e_fk)^2 - sum_f e_fk^2). (B, F, k) -> (B,)."""
     return 0.5 * (fields.sum(1).pow(2) - fields.pow(2).sum(1)).sum(-1)
+
+
+class History(nn.Module):
+    """Implicit feedback as one more field (SVD++, Koren KDD 2008): an entity's training
+    partners (a user's items, or an item's users) pooled as sum_j y_j / sqrt(n).
+
+    The partners are one sorted buffer of keys owner * num_partners + partner, so the pool
+    of any owner is a slice found by binary search and a checkpoint holds it whole. At most
+    `max_len` partners per owner are kept (a seeded sample): memory and the work per batch
+    stay bounded on any data. While training, a pair leaves itself out of the pool, so the
+    model learns from the evidence it has for a pair it has not seen, never from the mere
+    presence of the pair it is asked about.
+    """
+
+    def __init__(
+        self, num_owners: int, num_partners: int, dim: int, init_std: float, max_len: int
+    ) -> None:
+        super().__init__()
+        self.num_owners, self.num_partners, self.max_len = num_owners, num_partners, max_len
+        self.register_buffer("keys", torch.zeros(0, dtype=torch.long))  # (nnz,) sorted
+        self.emb = nn.Embedding(num_partners, dim)  # y_j
+        nn.init.normal_(self.emb.weight, std=init_std)
+
+    def set_pairs(self, owner: torch.Tensor, partner: torch.Tensor) -> None:
+        """The training pairs (duplicates count once); draws from torch's global generator
+        when an owner has more than `max_len` partners."""
+        keys = torch.unique(owner.long() * self.num_partners + partner.long())
+        owners = keys // self.num_partners
+        counts = torch.bincount(owners, minlength=self.num_owners)
+        if keys.numel() and int(counts.max()) > self.max_len:
+            # rank of each pair within its owner after a random shuffle; keep the first max_len
+            order = torch.randperm(keys.numel())
+            order = order[torch.argsort(owners[order], stable=True)]
+            starts = torch.cumsum(counts, 0) - counts
+            rank = torch.arange(keys.numel()) - starts[owners[order]]
+            keys = torch.sort(keys[order[rank < self.max_len]]).values
+        self.keys = keys.to(self.keys.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # the history's size is the training data's: take the stored buffer's shape
+        stored = state_dict.get(prefix + "keys")
+        if stored is not None:
+            self.keys = torch.empty_like(stored, device=self.keys.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def pool(self, rows: torch.Tensor, partners: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) owner rows -> (B, k) pooled partner vectors; row -1 (an unknown entity) has
+        none. With `partners` (B,), each row's own pair is left out of its pool."""
+        distinct, inverse = torch.unique(rows, return_inverse=True)
+        p = self.num_partners
+        start = torch.searchsorted(self.keys, distinct * p)
+        end = torch.searchsorted(self.keys, (distinct + 1) * p)
+        start, end = torch.where(distinct < 0, 0, start), torch.where(distinct < 0, 0, end)
+        lengths = end - start  # (D,)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        flat = torch.arange(int(lengths.sum()), device=rows.device)
+        flat = flat + torch.repeat_interleave(start - offsets, lengths)  # positions in keys
+        sums = nn.functional.embedding_bag(
+            self.keys[flat] % p, self.emb.weight, offsets, mode="sum"
+        )[inverse]  # (B, k)
+        count = lengths[inverse].float()  # (B,)
+        if partners is not None and self.keys.numel():
+            own = rows * p + partners
+            at = torch.searchsorted(self.keys, own).clamp(max=self.keys.numel() - 1)
+            member = ((self.keys[at] == own) & (rows >= 0) & (partners >= 0)).float()
+            sums = sums - member[:, None] * self.emb(partners.clamp(min=0))
+            count = count - member
+        return sums / count.clamp(min=1).sqrt()[:, None]

@@ -18,7 +18,6 @@ class MF(Recommender):
     """Plain MF trained on ratings with MSE. Full scoring: P[U] @ Q.T, one GEMM."""
 
     name: ClassVar[str] = "mf"
-    predicts_ratings: ClassVar[bool] = True
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "dim": 64,
         "loss": "mse",
@@ -67,7 +66,6 @@ class BPRMF(MF):
     """MF trained for ranking with the BPR loss on sampled negatives (implicit feedback)."""
 
     name: ClassVar[str] = "bpr"
-    predicts_ratings: ClassVar[bool] = False
     DEFAULTS: ClassVar[dict[str, Any]] = {
         **MF.DEFAULTS,
         "loss": "bpr",
