@@ -62,7 +62,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def fit_one(path: str, name: str, iterations: int, threads: int = 1) -> dict:
+def fit_one(
+    path: str, name: str, iterations: int, threads: int = 1, extra: dict | None = None
+) -> dict:
     """Fit one model (ours, or 'implicit') on the nightly's holdout of `path`; run in a fresh
     process by `main`, so its peak RSS is its own."""
     import torch
@@ -84,7 +86,7 @@ def fit_one(path: str, name: str, iterations: int, threads: int = 1) -> dict:
     if name == "implicit":
         model = _implicit_als(train, iterations, threads)
     else:
-        params = {"iterations": iterations} if name == "ials" else {}
+        params = {"iterations": iterations, **(extra or {})} if name == "ials" else {}
         model = build_model(name, data.num_users, data.num_items, **params)
         fit(model, train, None, TrainSettings(threads=threads))
     seconds = time.monotonic() - started
@@ -114,12 +116,14 @@ def _implicit_als(train, iterations: int, threads: int):
     return FixedFactors(np.asarray(model.user_factors), np.asarray(model.item_factors))
 
 
-def in_fresh_process(path: str, name: str, iterations: int, threads: int) -> dict:
+def in_fresh_process(
+    path: str, name: str, iterations: int, threads: int, extra: dict | None = None
+) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": str(threads)}  # fmt: skip
     code = (
         "import json, sys; sys.path.insert(0, 'benchmarks'); from bench_train import fit_one; "
-        f"print(json.dumps(fit_one({path!r}, {name!r}, {iterations}, {threads})))"
+        f"print(json.dumps(fit_one({path!r}, {name!r}, {iterations}, {threads}, {extra!r})))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
@@ -163,14 +167,23 @@ def main() -> None:
                 r = in_fresh_process(path, name, 15, 1)
                 print(f"| {name} | 1 | {r['seconds']:.1f} | {r['ndcg']:.4f} | {r['peak_mb']:,.0f} | {r['above_data_mb']:,.0f} |", flush=True)  # fmt: skip
             for threads in [int(t) for t in args.threads.split(",")]:
-                for name in ("ials", "implicit"):
-                    r = in_fresh_process(path, name, 15, threads)
-                    label = (
-                        "ials (ours, 15 iterations)"
-                        if name == "ials"
-                        else "implicit ALS (15 iterations)"
-                    )
+                peer = in_fresh_process(path, "implicit", 15, threads)
+                rows = [("implicit ALS (15 iterations)", peer)]
+                # like for like: the same settings (factors 128, reg 10, alpha 1, no recency)
+                same = in_fresh_process(path, "ials", 15, threads, {"half_life": 0.0})
+                rows.append(("ials, implicit's settings (15 iterations)", same))
+                # the time our default (recency on) needs to reach the peer's NDCG
+                for iterations in (2, 4, 8, 15):
+                    r = in_fresh_process(path, "ials", iterations, threads)
+                    rows.append((f"ials defaults ({iterations} iterations)", r))
+                    if r["ndcg"] >= peer["ndcg"]:
+                        break
+                for label, r in rows:
                     print(f"| {label} | {threads} | {r['seconds']:.1f} | {r['ndcg']:.4f} | {r['peak_mb']:,.0f} | {r['above_data_mb']:,.0f} |", flush=True)  # fmt: skip
+                reached = rows[-1][1]
+                print(f"\n{threads} thread(s): like for like {same['seconds'] / peer['seconds']:.2f}x implicit's time; "
+                      f"to implicit's validation NDCG ({peer['ndcg']:.4f}) our default takes "
+                      f"{reached['seconds'] / peer['seconds']:.2f}x its time ({reached['ndcg']:.4f})\n", flush=True)  # fmt: skip
             if not args.no_nightly:
                 r = nightly(path, Path(tmp))
                 print(f"\ndefault nightly end to end: {r['seconds']:.0f} s, peak RSS {r['peak_mb']:,.0f} MB, exit {r['exit']}: {r['message']}", flush=True)  # fmt: skip
