@@ -39,6 +39,17 @@ format: install
 	$(BIN)/ruff format recsys jobs tests benchmarks scripts
 	$(BIN)/ruff check --fix recsys jobs tests benchmarks scripts
 
+# Training at 2M and 20M interactions: each candidate, implicit's ALS and the default nightly
+# (seconds and peak RSS); TRAIN_ARGS for more, e.g. TRAIN_ARGS="--sizes 2M --no-nightly".
+TRAIN_ARGS ?=
+bench-train: install
+	PIP_CONSTRAINT=constraints.txt $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/bench_train.py $(TRAIN_ARGS)
+
+# Item-kNN at 200,000 users x 1,000,000 items: fit and scoring seconds, peak memory.
+bench-itemknn: install
+	$(BIN)/python benchmarks/bench_itemknn.py
+
 # One process x 2 threads against 2 ranks x 1 thread (docs/scaling.md); SHARDS_ARGS for more,
 # e.g. SHARDS_ARGS="--users 5000 --items 1000000 --no-end-to-end".
 SHARDS_ARGS ?=
