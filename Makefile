@@ -7,7 +7,7 @@ CONFIG ?= recsys.toml
 SIZES ?= 943x1682,100000x20000,200000x50000
 BENCH_ARGS ?=
 
-.PHONY: install duckdb-cli nightly test lint format bench bench-shards quality report-screenshot clean
+.PHONY: install duckdb-cli nightly test lint format bench bench-shards bench-train bench-itemknn quality report-screenshot clean
 
 install: $(BIN)/recsys
 
