@@ -1,8 +1,9 @@
 """The scoring engine: every query (user) against every key (item) in chunks, top-N on device.
 
-Per chunk: one dense score block (B, I) into a reused buffer, seen items set to -inf through a
-flat `index_fill_`, an exact threshold selection of the top-N (`select_candidates`), and one
-copy of (B, N) int32/float32 to the host. The full query x key matrix is never materialised.
+Per chunk: one dense score block (B, I) into a reused buffer, then seen items excluded and the
+exact top-N selected in one compiled pass per row on CPU (recsys/_topk.c), or in torch ops
+(`select_top_k_torch`: the same lists, on CUDA or without the compiled kernel). The full
+query x key matrix is never materialised.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -22,7 +23,14 @@ from recsys.errors import ConfigError
 from recsys.models.base import Factors, Recommender
 from recsys.progress import Progress
 
+try:  # built by `make install` (setup.py); optional: the torch selection gives the same lists
+    from recsys import _topk
+except ImportError:
+    _topk = None
+
 log = logging.getLogger(__name__)
+
+TOPK_ABI = 1  # the calling convention recsys/_topk.c implements (its TOPK_ABI)
 
 DEFAULT_CPU_BUDGET = 256 * 2**20
 GPU_BUDGET_FRACTION = 0.4
@@ -367,15 +375,9 @@ class _ChunkScorer:
         buffer = self.local.buffer
         with torch.no_grad():
             rows = torch.from_numpy(block).to(self.device)
-            mask = self.seen.mask_ if self.seen is not None else None
             out = buffer[: len(block)] if buffer is not None else None
-            values, idx = _chunk_top_k(self.scorer, rows, block, self.k, out, mask)
-            values_np = values.cpu().numpy()
-        counts = np.isfinite(values_np).sum(axis=1) if self.k else np.zeros(len(block))
-        return TopN(block, idx.to(torch.int32).cpu().numpy(), values_np, counts.astype(np.int64))
-
-
-Mask = Callable[[torch.Tensor, np.ndarray, torch.Tensor], None]
+            values, keys, counts = _chunk_top_k(self.scorer, rows, block, self.k, out, self.seen)
+        return TopN(block, keys, values, counts)
 
 
 def _chunk_top_k(
@@ -384,38 +386,123 @@ def _chunk_top_k(
     block: np.ndarray,
     k: int,
     out: torch.Tensor | None,
-    mask: Mask | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k (values (B, k) fp32 sorted, key indices (B, k)) of one chunk."""
+    seen: _SeenOnDevice | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k of one chunk on the host: values (B, k) fp32 best first, key indices
+    (B, k) int32, counts (B,) int64."""
     approximate = isinstance(scorer, FactorScorer) and scorer.approximate
-    if approximate and group_sizes(scorer.num_keys, k) is None:
+    if not approximate:
+        return select_top_k(scorer.score_block(rows, out), k, seen, block, rows)
+    if group_sizes(scorer.num_keys, k) is None:
         # small catalogue: no shortcut to rescore candidates from, so score in fp32 directly
-        scores = scorer.score_exact(rows)
-        if mask is not None:
-            mask(scores, block, rows)
-        values, idx = torch.topk(scores, k, dim=1, sorted=True)
-        return values, idx
+        return select_top_k(scorer.score_exact(rows), k, seen, block, rows)
     scores = scorer.score_block(rows, out)  # (B, K)
-    if mask is not None:
-        mask(scores, block, rows)
-    slack = scorer.error_bound(rows) if approximate else None
-    roundoff = scorer.output_roundoff() if approximate else 0.0
-    found = select_candidates(scores, k, slack, roundoff)
-    if found is None:  # catalogue too small for the shortcut: dense top-k (fp32 here)
-        values, idx = torch.topk(scores, k, dim=1, sorted=True)
-        return values.float(), idx
-    keys, cand, ok = found  # (B, C), (B, C), (B,)
-    if approximate:
-        keys, cand = _rescore(scorer, rows, keys, cand, k, slack, roundoff)
+    if seen is not None:
+        seen.mask_(scores, block, rows)
+    slack = scorer.error_bound(rows)
+    roundoff = scorer.output_roundoff()
+    keys, cand, ok = select_candidates(scores, k, slack, roundoff)  # (B, C), (B, C), (B,)
+    keys, cand = _rescore(scorer, rows, keys, cand, k, slack, roundoff)
     values, pos = torch.topk(cand, k, dim=1, sorted=True)  # (B, k)
     idx = torch.gather(keys, 1, pos)
     if not bool(ok.all()):  # rows with too few finite scores, or a loose bound: dense, exact
         bad = torch.nonzero(~ok).squeeze(1)
-        dense = scorer.score_exact(rows[bad]) if approximate else scores[bad]
-        if approximate and mask is not None:
-            mask(dense, block[bad.cpu().numpy()], rows[bad])
-        values[bad], idx[bad] = torch.topk(dense.float(), k, dim=1, sorted=True)
-    return values, idx
+        dense = scorer.score_exact(rows[bad])
+        if seen is not None:
+            seen.mask_(dense, block[bad.cpu().numpy()], rows[bad])
+        values[bad], idx[bad] = torch.topk(dense, k, dim=1, sorted=True)
+    idx.masked_fill_(values == NEG_INF, 0)
+    counts = (values != NEG_INF).sum(dim=1)
+    return values.cpu().numpy(), idx.to(torch.int32).cpu().numpy(), counts.cpu().numpy()
+
+
+def kernel_available() -> bool:
+    """Whether the compiled selection (recsys/_topk.c, built by `make install`) is loaded."""
+    return _topk is not None and getattr(_topk, "ABI", None) == TOPK_ABI
+
+
+_told_fallback = threading.Event()
+
+
+def select_top_k(
+    scores: torch.Tensor,
+    k: int,
+    seen: _SeenOnDevice | None,
+    block: np.ndarray,
+    rows: torch.Tensor,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's `k` best keys of a score block (B, K), seen keys of the row's query left
+    out: values (B, k) fp32, key indices (B, k) int32, counts (B,) int64 (valid slots).
+
+    Best first; NaN ranks above +inf, ties go to the lower key index, -inf scores (seen or
+    blocked keys) are never listed. The block is scratch: seen keys are set to -inf in it.
+    The compiled kernel on CPU, else `select_top_k_torch`; the lists are the same.
+    """
+    use_kernel = scores.device.type == "cpu" and scores.dtype == torch.float32
+    if use_kernel and kernel_available():
+        return _select_compiled(scores, k, seen, block)
+    if use_kernel and not _told_fallback.is_set():
+        _told_fallback.set()
+        log.info("scoring: compiled top-k selection not built (make install builds it); "
+                 "using the torch selection (same lists, slower)")  # fmt: skip
+    if seen is not None:
+        seen.mask_(scores, block, rows)
+    values, keys, counts = select_top_k_torch(scores.float(), k)
+    return values.cpu().numpy(), keys.to(torch.int32).cpu().numpy(), counts.cpu().numpy()
+
+
+def _select_compiled(
+    scores: torch.Tensor, k: int, seen: _SeenOnDevice | None, block: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    num_rows, num_keys = scores.shape
+    scores = scores.contiguous()
+    values = np.empty((num_rows, k), np.float32)
+    keys = np.empty((num_rows, k), np.int32)
+    counts = np.empty(num_rows, np.int64)
+    queries = np.ascontiguousarray(block, np.int64)
+    if seen is None:
+        num_queries, indptr_at, indices_at = 0, 0, 0
+    else:
+        num_queries = len(seen.indptr_np) - 1
+        indptr_at, indices_at = seen.indptr_np.ctypes.data, seen.indices_np.ctypes.data
+    # the kernel reads and writes these addresses with the GIL released; every array is
+    # held by a local name until it returns
+    _topk.select(scores.data_ptr(), num_rows, num_keys, num_keys, k, queries.ctypes.data,
+                 num_queries, indptr_at, indices_at, values.ctypes.data, keys.ctypes.data,
+                 counts.ctypes.data)  # fmt: skip
+    return values, keys, counts
+
+
+def select_top_k_torch(
+    scores: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`select_top_k` in torch ops (any device), seen keys already -inf: values (B, k),
+    key indices (B, k) int64, counts (B,). Empty slots: value -inf, key 0.
+
+    The k-th best value v of each row (torch.topk, NaN first) splits the row: every key
+    above v is listed, and of the keys equal to v, the lowest-indexed ones that fill k; a
+    stable sort of those by value then gives the kernel's order.
+    """
+    num_rows, num_keys = scores.shape
+    values = torch.full((num_rows, k), NEG_INF, device=scores.device)
+    keys = torch.zeros((num_rows, k), dtype=torch.long, device=scores.device)
+    if k == 0 or num_rows == 0:
+        return values, keys, torch.zeros(num_rows, dtype=torch.long, device=scores.device)
+    kth = torch.topk(scores, k, dim=1).values[:, k - 1 :]  # (B, 1); NaN ranks first
+    nan, kth_nan = scores.isnan(), kth.isnan()
+    above = (scores > kth) | (nan & ~kth_nan)  # (B, K)
+    tied = (scores == kth) | (nan & kth_nan)
+    wanted = k - above.sum(dim=1, keepdim=True)
+    keep = above | (tied & (torch.cumsum(tied, dim=1, dtype=torch.int32) <= wanted))
+    keep &= scores != NEG_INF
+    counts = keep.sum(dim=1)  # (B,)
+    rows, cols = torch.nonzero(keep, as_tuple=True)  # row-major: each row's keys ascending
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(rows.numel(), device=scores.device) - starts[rows]
+    keys[rows, slot] = cols
+    values[rows, slot] = scores[rows, cols]
+    values, order = torch.sort(values, dim=1, descending=True, stable=True)
+    return values, torch.gather(keys, 1, order), counts
 
 
 def _rescore(
@@ -533,29 +620,46 @@ def _compact_padding(mask: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class _SeenOnDevice:
-    """The seen CSR on the scoring device, masking a chunk's scores in place."""
+    """The seen CSR for one `top_n` run: host arrays for the compiled kernel, and on first
+    use by the torch path, device tensors that mask a chunk's scores in place."""
 
     def __init__(self, seen: SeenMatrix, device: torch.device) -> None:
-        self.indptr_np = seen.indptr
-        self.indptr = torch.from_numpy(seen.indptr).to(device)
-        self.indices = torch.from_numpy(seen.indices.astype(np.int64)).to(device)
+        self.indptr_np = np.ascontiguousarray(seen.indptr, dtype=np.int64)
+        self.indices_np = np.ascontiguousarray(seen.indices, dtype=np.int32)
+        indptr = self.indptr_np
+        rising = len(indptr) > 0 and indptr[0] >= 0 and bool((np.diff(indptr) >= 0).all())
+        if not rising or indptr[-1] > len(self.indices_np):  # the kernel trusts these bounds
+            raise ValueError("seen matrix: indptr must rise from >= 0 to <= len(indices)")
+        self.device = device
+        self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._lock = threading.Lock()
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._lock:
+            if self._tensors is None:
+                self._tensors = (
+                    torch.from_numpy(self.indptr_np).to(self.device),
+                    torch.from_numpy(self.indices_np.astype(np.int64)).to(self.device),
+                )
+        return self._tensors
 
     def mask_(self, scores: torch.Tensor, block: np.ndarray, rows: torch.Tensor) -> None:
         num_keys = scores.shape[1]
         if len(block) == 0:
             return
+        indptr, indices = self.tensors()
         lo, hi = int(block[0]), int(block[-1]) + 1
         if hi - lo == len(block) and bool((np.diff(block) == 1).all()):
             # contiguous queries: one slice of the CSR
             start, stop = int(self.indptr_np[lo]), int(self.indptr_np[hi])
-            cols = self.indices[start:stop]
-            lengths = self.indptr[lo + 1 : hi + 1] - self.indptr[lo:hi]
+            cols = indices[start:stop]
+            lengths = indptr[lo + 1 : hi + 1] - indptr[lo:hi]
         else:
-            starts, stops = self.indptr[rows], self.indptr[rows + 1]
+            starts, stops = indptr[rows], indptr[rows + 1]
             lengths = stops - starts
             offsets = torch.repeat_interleave(
                 starts - (torch.cumsum(lengths, 0) - lengths), lengths
             )
-            cols = self.indices[offsets + torch.arange(offsets.numel(), device=offsets.device)]
+            cols = indices[offsets + torch.arange(offsets.numel(), device=offsets.device)]
         local = torch.repeat_interleave(torch.arange(len(block), device=scores.device), lengths)
         scores.view(-1).index_fill_(0, local * num_keys + cols, NEG_INF)
