@@ -144,15 +144,20 @@ typedef struct {
     uint64_t *buffer; /* entries kept so far, capacity `capacity` */
     int64_t capacity, size, k;
     uint64_t bar; /* an entry must be larger than this to be kept */
-    float floor;  /* a float at or below the bar's score: the SIMD pre-filter */
+    float floor;  /* floor_of(bar): the SIMD pre-filter */
     float *groups; /* scratch: group maxima (num_groups) */
     uint32_t *group_keys;
     int64_t num_groups; /* 0: no bound (small catalogue) */
 } Row;
 
+/* The smallest score that can still be kept, as a float for the SIMD pre-filter. Keys are
+ * offered in increasing column order, so a key equal to the bar's own key never beats it
+ * (its column is larger): the floor is the next key up. Every bar has that form: the bound's
+ * (t << 32) - 1 and, after a compaction, the k-th kept entry. */
 static inline float floor_of(uint64_t bar) {
     uint32_t key = (uint32_t)(bar >> 32);
-    return key <= KEY_NEG_INF ? -FLT_MAX : float_of(key);
+    if (key == 0xFFFFFFFFu) return INFINITY; /* k NaNs kept: nothing can beat them */
+    return key + 1 <= KEY_NEG_INF ? -FLT_MAX : float_of(key + 1);
 }
 
 static inline void keep(Row *row, float value, int64_t col) {

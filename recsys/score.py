@@ -36,10 +36,11 @@ DEFAULT_CPU_BUDGET = 256 * 2**20
 GPU_BUDGET_FRACTION = 0.4
 # Scratch bytes per score: the block itself plus the dense top-k fallback's working copies.
 BYTES_PER_SCORE = 12
-# CPU chunks are capped so each worker's fp32 score block stays near the last-level cache
-# between the product and the selection, yet amortises per-operation overhead (~260 users at
-# 20,000 items). benchmarks/RESULTS.md's ablation compares 64 and 1,024 users per chunk.
-CPU_BLOCK_BYTES = 20 * 2**20
+# CPU chunks: 64 users per block. MKL's fp32 product with d = 64 runs about twice as fast per
+# user at 64 users as at 256 (whose 20 MiB blocks spill the cache) and much slower below
+# 32; the selection reads each row right after the product. benchmarks/RESULTS.md's
+# ablation compares 262 and 1,024 users per chunk.
+CPU_CHUNK_ROWS = 64
 NEG_INF = float("-inf")
 
 
@@ -70,15 +71,15 @@ def chunk_rows(
     bytes_per_score: int = BYTES_PER_SCORE,
 ) -> int:
     """Queries per chunk so that one chunk's scratch (`bytes_per_score` per query-key pair)
-    fits `budget_bytes` (0 = automatic: a fraction of free device memory on CUDA, a
-    cache-sized block on CPU)."""
+    fits `budget_bytes` (0 = automatic: a fraction of free device memory on CUDA,
+    `CPU_CHUNK_ROWS` queries on CPU within `DEFAULT_CPU_BUDGET`)."""
     if budget_bytes <= 0:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             budget_bytes = int(free * GPU_BUDGET_FRACTION)
         else:
             rows = DEFAULT_CPU_BUDGET // (max(num_keys, 1) * bytes_per_score)
-            return max(1, min(rows, max(64, CPU_BLOCK_BYTES // (4 * max(num_keys, 1)))))
+            return max(1, min(rows, CPU_CHUNK_ROWS))
     return max(1, budget_bytes // (max(num_keys, 1) * bytes_per_score))
 
 

@@ -180,8 +180,11 @@ def test_stopping_early_with_workers_does_not_hang() -> None:
 def test_chunk_rows_follows_budget() -> None:
     assert chunk_rows(1000, torch.device("cpu"), 1000 * BYTES_PER_SCORE * 7) == 7
     assert chunk_rows(1000, torch.device("cpu"), 1) == 1
-    automatic = chunk_rows(20_000, torch.device("cpu"))
-    assert 64 <= automatic * 20_000 * 4 <= score.CPU_BLOCK_BYTES + 64 * 20_000 * 4
+    assert chunk_rows(20_000, torch.device("cpu")) == score.CPU_CHUNK_ROWS
+    # a huge catalogue: the memory budget, not the row count, sets the chunk
+    assert chunk_rows(10**7, torch.device("cpu")) == max(
+        1, score.DEFAULT_CPU_BUDGET // (10**7 * BYTES_PER_SCORE)
+    )
 
 
 def test_gpu_chunk_follows_free_memory(monkeypatch) -> None:
