@@ -587,6 +587,9 @@ def select_candidates(
         tail = torch.arange(covered, num_keys, device=scores.device)
         keys = torch.cat([keys, tail.expand(num_rows, -1)], dim=1)
         values = torch.cat([values, scores[:, covered:]], dim=1)
+    if keys.shape[1] == 0:  # every row left to the caller and no tail: nothing to gather
+        padding = torch.zeros((num_rows, k), dtype=torch.long, device=scores.device)
+        return padding, torch.full((num_rows, k), NEG_INF, device=scores.device), ok
     keep = values >= cut  # (B, C1 * g1 [+ tail])
     if not all_ok:
         keep &= ok.unsqueeze(1)

@@ -207,3 +207,121 @@ def test_cuda_half_precision_equals_cpu_float32(dtype) -> None:
     cuda = torch.device("cuda")
     chunks = list(top_n(FactorScorer(user.to(cuda), item.to(cuda), dtype), 10, seen, device=cuda))
     _assert_top_n(chunks, _dense(user, item, seen_sets), 10, range(200), seen_sets)
+
+
+# ------------------------------------------------- the compiled selection and its torch twin
+
+
+def _awkward_blocks(seed: int):
+    """Score blocks that stress the order: ties, -0/+0, NaN, +-inf, short rows."""
+    gen = torch.Generator().manual_seed(seed)
+    yield torch.randn(7, 3001, generator=gen)
+    yield torch.randint(0, 4, (7, 2048), generator=gen).float()  # massive exact ties
+    yield torch.randint(-1, 2, (5, 999), generator=gen).float() * 0.0  # only -0 and +0
+    noisy = torch.randn(9, 1500, generator=gen)
+    noisy[torch.rand(9, 1500, generator=gen) < 0.05] = float("nan")
+    noisy[torch.rand(9, 1500, generator=gen) < 0.30] = float("-inf")
+    noisy[torch.rand(9, 1500, generator=gen) < 0.01] = float("inf")
+    noisy[3] = float("-inf")  # nothing selectable
+    noisy[4, 5:] = float("-inf")  # 5 selectable
+    yield noisy
+    yield torch.randn(3, 40, generator=gen)  # a catalogue smaller than k
+
+
+@pytest.mark.skipif(not score.kernel_available(), reason="compiled kernel not built")
+@pytest.mark.parametrize("k", [1, 10, 100, 1000])
+def test_compiled_selection_equals_the_torch_selection_exactly(k) -> None:
+    for scores in _awkward_blocks(k):
+        kk = min(k, scores.shape[1])
+        block, rows = np.arange(len(scores)), torch.arange(len(scores))
+        values, keys, counts = score.select_top_k(scores.clone(), kk, None, block, rows)
+        ref_values, ref_keys, ref_counts = score.select_top_k_torch(scores.clone(), kk)
+        assert np.array_equal(counts, ref_counts.numpy())
+        assert np.array_equal(keys, ref_keys.numpy())
+        assert np.array_equal(values, ref_values.numpy(), equal_nan=True)
+
+
+def test_selection_order_is_best_first_nan_first_ties_to_the_lower_key() -> None:
+    nan, inf = float("nan"), float("inf")
+    scores = torch.tensor([[1.0, 3.0, nan, 3.0, -inf, inf, -0.0, 0.0, nan, 2.0]])
+    values, keys, counts = score.select_top_k_torch(scores, 8)
+    assert keys[0].tolist() == [2, 8, 5, 1, 3, 9, 0, 6]
+    assert counts.tolist() == [8]
+    values, keys, counts = score.select_top_k_torch(scores, 10)
+    assert counts.tolist() == [9]  # -inf is never listed
+    assert keys[0, 9] == 0 and values[0, 9] == float("-inf")  # an empty slot
+
+
+def test_the_torch_selection_is_used_when_the_kernel_is_missing(monkeypatch) -> None:
+    user, item, seen, seen_sets = _case(seed=5, num_users=40, num_items=3000, max_seen=100)
+    seen = _seen(seen_sets)
+    with_kernel = list(top_n(FactorScorer(user, item), 25, seen))
+    monkeypatch.setattr(score, "kernel_available", lambda: False)
+    without = list(top_n(FactorScorer(user, item), 25, seen))
+    _assert_top_n(without, _dense(user, item, seen_sets), 25, range(40), seen_sets)
+    for a, b in zip(with_kernel, without, strict=True):
+        assert np.array_equal(a.key_idx, b.key_idx) and np.array_equal(a.counts, b.counts)
+        assert np.array_equal(a.score, b.score)
+
+
+def test_compiled_kernel_is_built_where_a_c_compiler_exists() -> None:
+    import shutil
+    import sysconfig
+
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C compiler ({compiler}): the torch selection is the one in use")
+    assert score.kernel_available(), "recsys/_topk.c is not built: run make install"
+
+
+def test_seen_matrix_out_of_range_is_refused_not_written() -> None:
+    user, item, _, _ = _case(num_items=300)
+    bad = SeenMatrix(np.array([0, 1] + [1] * 56, np.int64), np.array([300], np.int32))
+    with pytest.raises(ValueError, match="seen key index out of range|index"):
+        list(top_n(FactorScorer(user, item), 5, bad))
+    broken = SeenMatrix(np.array([0, 5] + [5] * 56, np.int64), np.array([1], np.int32))
+    with pytest.raises(ValueError, match="indptr"):
+        list(top_n(FactorScorer(user, item), 5, broken))
+
+
+# ------------------------------------------- issue 13, item 1: every row left to dense
+
+
+def _whole_groups_case():
+    """Issue 13's reproduction as scores: 3 users x 800 items (a multiple of 8), popularity
+    scores with massive ties; user 0 has seen every item, users 1-2 the 50 popular ones."""
+    popularity = torch.where(torch.arange(800) < 50, np.log1p(3.0), np.log1p(1.0)).float()
+    user = torch.ones(3, 1)
+    item = popularity.unsqueeze(1)  # (800, 1): score = popularity for every user
+    seen_sets = [list(range(800)), list(range(50)), list(range(50))]
+    return user, item, seen_sets
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel", [True, False])
+def test_a_chunk_of_only_dense_rows_on_whole_groups_does_not_crash(dtype, kernel, monkeypatch):
+    if not kernel:
+        monkeypatch.setattr(score, "kernel_available", lambda: False)
+    user, item, seen_sets = _whole_groups_case()
+    for k in (10, 20):
+        chunks = list(top_n(FactorScorer(user, item, dtype), k, _seen(seen_sets)))
+        _assert_top_n(chunks, _dense(user, item, seen_sets), k, range(3), seen_sets)
+        assert chunks[0].counts.tolist() == [0, k, k]
+    scores = torch.full((3, 800), float("-inf"))  # the shortcut's own input: no row ok
+    keys, values, ok = select_candidates(scores, 10)
+    assert not ok.any() and keys.shape == (3, 10) and (values == float("-inf")).all()
+
+
+def test_nightly_with_a_catalogue_of_whole_groups_and_only_tied_rows_publishes(tmp_path) -> None:
+    """Issue 13's CLI reproduction: it exited 1 with 'index 0 is out of bounds'."""
+    from tests.conftest import read_table, run_cli
+
+    rows = ["user_id,item_id"] + [f"1,{i}" for i in range(1, 801)]
+    rows += [f"{u},{i}" for u in (2, 3) for i in range(1, 51)]
+    (tmp_path / "inter.csv").write_text("\n".join(rows) + "\n")
+    done = run_cli("nightly", "--interactions", "inter.csv", "--database", "r.duckdb",
+                   "--model", "popularity", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lists = read_table(tmp_path / "r.duckdb", "select user_id, count(*) n from recommendations "
+                       "group by user_id order by user_id")  # fmt: skip
+    assert lists["user_id"].to_list() == [2, 3]  # user 1 has seen everything
