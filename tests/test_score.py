@@ -1,8 +1,12 @@
 """The chunked scorer equals a dense brute-force top-N for every chunk size, dtype and path."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from recsys import score
 from recsys.score import (
@@ -325,3 +329,91 @@ def test_nightly_with_a_catalogue_of_whole_groups_and_only_tied_rows_publishes(t
     lists = read_table(tmp_path / "r.duckdb", "select user_id, count(*) n from recommendations "
                        "group by user_id order by user_id")  # fmt: skip
     assert lists["user_id"].to_list() == [2, 3]  # user 1 has seen everything
+
+
+# ------------------------------------------------------------------ property-based fuzzing
+
+FUZZ_EXAMPLES = 250  # about 10 s on 2 cores; every example runs top_n and a dense reference
+fuzz_counter = {"examples": 0}
+
+
+@st.composite
+def fuzz_cases(draw):
+    """A random scoring problem: catalogue sizes with and without a tail past whole groups of
+    8, k above and below the unseen count, tied or continuous scores, empty and full rows."""
+    num_items = draw(st.one_of(st.integers(1, 700), st.integers(1, 90).map(lambda g: 8 * g)))
+    num_users = draw(st.integers(1, 30))
+    dim = draw(st.integers(1, 6))
+    ties = draw(st.booleans())
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    if ties:  # small integers / 2: every product and sum exact, scores tie massively
+        user = torch.randint(-2, 3, (num_users, dim), generator=gen).float() / 2
+        item = torch.randint(-1, 2, (num_items, dim), generator=gen).float() / 2
+    else:
+        user = torch.randn(num_users, dim, generator=gen)
+        item = torch.randn(num_items, dim, generator=gen) * torch.exp(
+            torch.randn(num_items, 1, generator=gen)
+        )
+    seen_sets = []
+    for _ in range(num_users):
+        kind = draw(st.sampled_from(["empty", "some", "most", "all"]))
+        size = {"empty": 0, "some": num_items // 10, "most": max(0, num_items - 3),
+                "all": num_items}[kind]  # fmt: skip
+        picked = torch.randperm(num_items, generator=gen)[:size]
+        seen_sets.append(sorted(picked.tolist()))
+    k = draw(st.integers(1, num_items + 10))
+    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+    workers = draw(st.integers(1, 3))
+    rows_per_chunk = draw(st.integers(1, num_users))
+    subset = draw(st.booleans())
+    queries = (
+        np.array(sorted(draw(st.sets(st.integers(0, num_users - 1), min_size=1))))
+        if subset
+        else np.arange(num_users)
+    )
+    kernel = draw(st.booleans())
+    return user, item, seen_sets, k, dtype, workers, rows_per_chunk, queries, ties, kernel
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+@given(fuzz_cases())
+def test_fuzz_top_n_equals_a_dense_reference(case) -> None:
+    user, item, seen_sets, k, dtype, workers, rows_per_chunk, queries, ties, kernel = case
+    fuzz_counter["examples"] += 1
+    num_items = item.shape[0]
+    budget = rows_per_chunk * num_items * BYTES_PER_SCORE
+    with _kernel_switched(kernel):
+        chunks = list(top_n(FactorScorer(user, item, dtype), k, _seen(seen_sets), queries=queries,
+                            budget_bytes=budget, workers=workers))  # fmt: skip
+    dense = _dense(user, item, seen_sets)
+    _assert_top_n(chunks, dense, k, queries, seen_sets, tol=1e-4)
+    for chunk in chunks:
+        assert chunk.key_idx.shape[1] == min(k, num_items)
+        for row, count in enumerate(chunk.counts):
+            assert (np.diff(chunk.score[row, :count]) <= 0).all()  # best first
+        if ties and dtype == torch.float32:  # exact scores: ties go to the lower key index
+            for row, q in enumerate(chunk.query_idx):
+                s = dense[q].double().numpy()
+                order = np.lexsort((np.arange(num_items), -s))[: int(chunk.counts[row])]
+                assert chunk.key_idx[row, : chunk.counts[row]].tolist() == order.tolist()
+
+
+@contextlib.contextmanager
+def _kernel_switched(on: bool):
+    original = score.kernel_available
+    if not on:
+        score.kernel_available = lambda: False
+    try:
+        yield
+    finally:
+        score.kernel_available = original
+
+
+def test_fuzz_ran_its_whole_budget() -> None:
+    """Runs after the fuzz test in file order: how many cases it tried (pytest -s shows it)."""
+    if fuzz_counter["examples"] == 0:
+        pytest.skip("the fuzz test did not run in this session")
+    print(f"\nfuzzing top_n: {fuzz_counter['examples']} cases tried")
+    assert fuzz_counter["examples"] >= FUZZ_EXAMPLES
