@@ -8,6 +8,12 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("recsys._topk", ["recsys/_topk.c"], extra_compile_args=["-O3"], optional=True)
+        # -ffp-contract=off: the rescoring's fp32 steps stay the ones its torch twin takes
+        Extension(
+            "recsys._topk",
+            ["recsys/_topk.c"],
+            extra_compile_args=["-O3", "-ffp-contract=off"],
+            optional=True,
+        )
     ]
 )

@@ -1,14 +1,20 @@
-/* Exact top-k of each row of an fp32 score block, seen keys excluded: the compiled selection
- * of recsys/score.py (which also holds the pure-torch selection that gives the same lists).
+/* Exact top-k of each row of a score block, seen keys excluded: the compiled selection of
+ * recsys/score.py (which also holds the pure-torch selection that gives the same lists).
  *
  * Order: higher score first, NaN above +inf, -0 equal to +0, ties to the lower key index.
  * -inf (seen or blocked keys) is never selected: rows with fewer selectable keys get fewer.
  *
- * Per row: seen keys set to -inf in place; a lower bound t of the k-th score: the k-th
- * largest of S >= 2k strided group maxima (k distinct groups reach t, so k distinct keys do);
- * one pass that offers the keys >= t (about k of them) to a buffer, compacted to its k best
- * whenever it fills (after which a key must beat the k-th kept one); a sort of the k best.
- * The row is read twice, one SIMD compare per 16 keys each time.
+ * Exact mode (fp32 blocks), per row: seen keys set to -inf in place; a lower bound t of the
+ * k-th score: the k-th largest of S >= 2k strided group maxima (k distinct groups reach t, so
+ * k distinct keys do); one pass that offers the keys >= t (about k of them) to a buffer,
+ * compacted to its k best whenever it fills (after which a key must beat the k-th kept one);
+ * a sort of the k best. The row is read twice, one SIMD compare per 16 keys each time.
+ *
+ * Certified mode (fp32 or bf16 blocks, each score within `slack` of its fp32 value, then rounded with
+ * relative `roundoff`): the same passes keep every key whose block score reaches the certified
+ * cut below the k-th block score (score.py's `certified_cut`), those keys are rescored in fp32
+ * from the factors (`rescore`: an order of operations the torch twin repeats exactly) and the
+ * k best of the rescored keys are listed. Keys below the cut cannot reach the fp32 top-k.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -19,7 +25,7 @@
 #include <string.h>
 
 /* Bumped whenever the calling convention changes: score.py refuses a stale build. */
-#define TOPK_ABI 1
+#define TOPK_ABI 2
 
 /* Wider SIMD where the CPU has it, chosen at load time; plain x86-64 otherwise. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
@@ -57,22 +63,44 @@ static inline void swap64(uint64_t *a, uint64_t *b) {
     *b = t;
 }
 
+/* Move the entries larger than a[n - 1] (the pivot) to the front, then the pivot after them;
+ * returns its position. Branch-free (a Lomuto partition that always swaps): the comparisons
+ * of random entries would mispredict half the time. Entries are distinct. */
+static inline int64_t partition_desc(uint64_t *a, int64_t n) {
+    uint64_t pivot = a[n - 1];
+    int64_t store = 0;
+    for (int64_t i = 0; i < n - 1; i++) {
+        uint64_t value = a[i];
+        a[i] = a[store];
+        a[store] = value;
+        store += value > pivot;
+    }
+    a[n - 1] = a[store];
+    a[store] = pivot;
+    return store;
+}
+
+/* The median of a[0], a[n / 2], a[n - 1] moved to a[n - 1], as the pivot. */
+static inline void median_last(uint64_t *a, int64_t n) {
+    uint64_t *x = a, *y = a + n / 2, *z = a + n - 1;
+    if (*x > *y) swap64(x, y); /* now *x < *y */
+    if (*z > *y) swap64(z, y); /* *y is the largest */
+    if (*x > *z) swap64(x, z); /* *z is the median */
+}
+
 /* Rearrange a[0..n) so that a[0..m) holds its m largest entries (entries are distinct). */
 static void select_top64(uint64_t *a, int64_t n, int64_t m) {
-    int64_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        uint64_t x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi], pivot;
-        if (x < y) pivot = y < z ? y : (x < z ? z : x);
-        else pivot = x < z ? x : (y < z ? z : y);
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] > pivot) i++;
-            while (a[j] < pivot) j--;
-            if (i <= j) swap64(&a[i++], &a[j--]);
+    while (n > 1 && m > 0 && m < n) {
+        median_last(a, n);
+        int64_t at = partition_desc(a, n);
+        if (at + 1 == m || at == m) return;
+        if (at + 1 < m) { /* the front (with the pivot) is all in: look right */
+            a += at + 1;
+            n -= at + 1;
+            m -= at + 1;
+        } else {
+            n = at;
         }
-        if (m - 1 <= j) hi = j;
-        else if (m - 1 >= i) lo = i;
-        else return;
     }
 }
 
@@ -98,24 +126,17 @@ static uint32_t kth_largest32(const uint32_t *keys, int64_t n, int64_t m) {
 
 /* Sort a[0..n) in decreasing order (distinct entries). */
 static void sort_desc64(uint64_t *a, int64_t n) {
-    while (n > 24) {
-        uint64_t x = a[0], y = a[n / 2], z = a[n - 1], pivot;
-        if (x < y) pivot = y < z ? y : (x < z ? z : x);
-        else pivot = x < z ? x : (y < z ? z : y);
-        int64_t i = 0, j = n - 1;
-        while (i <= j) {
-            while (a[i] > pivot) i++;
-            while (a[j] < pivot) j--;
-            if (i <= j) swap64(&a[i++], &a[j--]);
-        }
+    while (n > 16) {
+        median_last(a, n);
+        int64_t at = partition_desc(a, n);
         /* recurse into the smaller side, loop on the larger: O(log n) stack */
-        if (j + 1 < n - i) {
-            sort_desc64(a, j + 1);
-            a += i;
-            n -= i;
+        if (at < n - at - 1) {
+            sort_desc64(a, at);
+            a += at + 1;
+            n -= at + 1;
         } else {
-            sort_desc64(a + i, n - i);
-            n = j + 1;
+            sort_desc64(a + at + 1, n - at - 1);
+            n = at;
         }
     }
     for (int64_t i = 1; i < n; i++) {
@@ -129,15 +150,28 @@ static void sort_desc64(uint64_t *a, int64_t n) {
     }
 }
 
+/* Rows are fp32, or bf16 (the upper half of fp32: widening is exact). */
+typedef struct {
+    const void *at;
+    int bf16;
+} RowIn;
+
+static inline float value_at(RowIn row, int64_t j) {
+    if (!row.bf16) return ((const float *)row.at)[j];
+    uint32_t bits = (uint32_t)((const uint16_t *)row.at)[j] << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
 /* groups[g] = max of row[g], row[g + m], row[g + 2m], ... (-inf if empty). NaN is left out:
  * the bound from these maxima then counts fewer keys, and stays a lower bound. */
-static void group_maxima_generic(const float *row, int64_t n, float *groups, int64_t m) {
+static void group_maxima_generic(RowIn row, int64_t n, float *groups, int64_t m) {
     for (int64_t g = 0; g < m; g++) groups[g] = -INFINITY;
-    int64_t base = 0;
-    for (; base + m <= n; base += m)
-        for (int64_t g = 0; g < m; g++) groups[g] = row[base + g] > groups[g] ? row[base + g] : groups[g];
-    for (int64_t g = 0; base + g < n; g++)
-        groups[g] = row[base + g] > groups[g] ? row[base + g] : groups[g];
+    for (int64_t j = 0; j < n; j++) {
+        float value = value_at(row, j), *g = groups + j % m;
+        *g = value > *g ? value : *g;
+    }
 }
 
 typedef struct {
@@ -148,6 +182,11 @@ typedef struct {
     float *groups; /* scratch: group maxima (num_groups) */
     uint32_t *group_keys;
     int64_t num_groups; /* 0: no bound (small catalogue) */
+    int certified;      /* keep every key at or above certified_cut(k-th), not just k */
+    float slack, roundoff, one_minus_roundoff;
+    const float *factors; /* certified mode: (n, dim) fp32, rescored from */
+    int64_t dim;
+    int out_of_memory;
 } Row;
 
 /* The smallest score that can still be kept, as a float for the SIMD pre-filter. Keys are
@@ -160,61 +199,125 @@ static inline float floor_of(uint64_t bar) {
     return key + 1 <= KEY_NEG_INF ? -FLT_MAX : float_of(key + 1);
 }
 
+/* The bar that keeps exactly the keys scoring >= t. */
+static inline uint64_t bar_at_least(float t) { return ((uint64_t)key_of(t) << 32) - 1; }
+
+/* Certified mode: if k keys have block scores >= t, the fp32 k-th score is at least
+ * t - roundoff |t| / (1 - roundoff) - slack, and a key can reach it only if its block score
+ * is at least that - slack: the cut (the same formula, in the same fp32 steps, as score.py). */
+static inline float certified_cut(const Row *row, float t) {
+    float shift = row->roundoff * fabsf(t);
+    shift = shift / row->one_minus_roundoff;
+    float cut = t - shift;
+    return cut - 2.0f * row->slack;
+}
+
+static inline uint64_t kth_entry(const Row *row) { /* after select_top64(.., k) */
+    uint64_t kth = row->buffer[0];
+    for (int64_t i = 1; i < row->k; i++) kth = row->buffer[i] < kth ? row->buffer[i] : kth;
+    return kth;
+}
+
+/* Certified mode: keep the entries above the cut of the current k-th; grow if that frees
+ * less than half the buffer (massive ties within the cut). */
+static void compact_certified(Row *row) {
+    select_top64(row->buffer, row->size, row->k);
+    float kth = float_of((uint32_t)(kth_entry(row) >> 32));
+    uint64_t bar = bar_at_least(certified_cut(row, kth));
+    row->bar = bar > row->bar ? bar : row->bar;
+    int64_t kept = 0;
+    for (int64_t i = 0; i < row->size; i++)
+        if (row->buffer[i] > row->bar) row->buffer[kept++] = row->buffer[i];
+    row->size = kept;
+    row->floor = floor_of(row->bar);
+    if (kept * 2 > row->capacity) {
+        uint64_t *grown = realloc(row->buffer, 2 * row->capacity * sizeof(uint64_t));
+        if (!grown) {
+            row->out_of_memory = 1;
+            row->size = 0;
+            return;
+        }
+        row->buffer = grown;
+        row->capacity *= 2;
+    }
+}
+
 static inline void keep(Row *row, float value, int64_t col) {
     uint32_t key = key_of(value);
     if (key == KEY_NEG_INF) return;
     uint64_t entry = entry_of(key, col);
     if (entry <= row->bar) return;
     row->buffer[row->size++] = entry;
-    if (row->size == row->capacity) { /* keep the k best; later keys must beat the k-th */
-        select_top64(row->buffer, row->size, row->k);
-        row->size = row->k;
-        uint64_t kth = row->buffer[0];
-        for (int64_t i = 1; i < row->k; i++) kth = row->buffer[i] < kth ? row->buffer[i] : kth;
-        row->bar = kth;
-        row->floor = floor_of(kth);
+    if (row->size < row->capacity) return;
+    if (row->certified) {
+        compact_certified(row);
+        return;
     }
+    select_top64(row->buffer, row->size, row->k); /* keep the k best; later keys beat the k-th */
+    row->size = row->k;
+    row->bar = kth_entry(row);
+    row->floor = floor_of(row->bar);
 }
 
 /* Offer every key of the row that is !(score < floor) (NaN included) to `keep`: most of a
  * row lies below the floor, so one compare per 16 keys, with AVX-512 where the CPU has it. */
-static void scan_generic(const float *row, int64_t n, Row *state) {
+static void scan_generic(RowIn row, int64_t n, Row *state) {
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
         int any = 0;
-        for (int u = 0; u < 16; u++) any |= !(row[j + u] < state->floor);
+        for (int u = 0; u < 16; u++) any |= !(value_at(row, j + u) < state->floor);
         if (any)
             for (int u = 0; u < 16; u++)
-                if (!(row[j + u] < state->floor)) keep(state, row[j + u], j + u);
+                if (!(value_at(row, j + u) < state->floor)) keep(state, value_at(row, j + u), j + u);
     }
     for (; j < n; j++)
-        if (!(row[j] < state->floor)) keep(state, row[j], j);
+        if (!(value_at(row, j) < state->floor)) keep(state, value_at(row, j), j);
+}
+
+/* The fp32 score of one key from the factors, in a fixed order of operations that score.py's
+ * `rescore_torch` repeats: lane j (of 16) sums q[i] * k[i] over i = j, j + 16, ... in order,
+ * each product and sum rounded to fp32 (built with -ffp-contract=off: no fused multiply-add),
+ * then lanes fold in halves: lane[i] += lane[i + w] for w = 8, 4, 2, 1. */
+static float rescore_generic(const float *q, const float *k, int64_t dim) {
+    float lane[16] = {0};
+    for (int64_t i = 0; i < dim; i++) lane[i & 15] = lane[i & 15] + q[i] * k[i];
+    for (int w = 8; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) lane[i] = lane[i] + lane[i + w];
+    return lane[0];
 }
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
+#define AVX512 __attribute__((target("avx512f")))
 
-__attribute__((target("avx512f"))) static void scan_avx512(const float *row, int64_t n,
-                                                           Row *state) {
+AVX512 static inline __m512 load16(RowIn row, int64_t j) {
+    if (!row.bf16) return _mm512_loadu_ps((const float *)row.at + j);
+    __m256i half = _mm256_loadu_si256((const __m256i *)((const uint16_t *)row.at + j));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+
+AVX512 static void scan_avx512(RowIn row, int64_t n, Row *state) {
     __m512 floor = _mm512_set1_ps(state->floor);
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
-        __mmask16 pass = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + j), floor, _CMP_NLT_UQ);
+        __m512 values = load16(row, j);
+        __mmask16 pass = _mm512_cmp_ps_mask(values, floor, _CMP_NLT_UQ);
         if (!pass) continue;
+        float lane[16];
+        _mm512_storeu_ps(lane, values);
         for (uint32_t bits = pass; bits; bits &= bits - 1) {
             int u = __builtin_ctz(bits);
-            keep(state, row[j + u], j + u);
+            keep(state, lane[u], j + u);
         }
         floor = _mm512_set1_ps(state->floor); /* raised when the buffer was compacted */
     }
     for (; j < n; j++)
-        if (!(row[j] < state->floor)) keep(state, row[j], j);
+        if (!(value_at(row, j) < state->floor)) keep(state, value_at(row, j), j);
 }
 
 /* group_maxima for 16 <= m <= 256 groups (a power of two): 256 keys per step into 16
  * registers, lane p of register v holding group (16 v + p) mod m, folded at the end. */
-__attribute__((target("avx512f"))) static void group_maxima_avx512(const float *row, int64_t n,
-                                                                   float *groups, int64_t m) {
+AVX512 static void group_maxima_avx512(RowIn row, int64_t n, float *groups, int64_t m) {
     if (m < 16 || m > 256) {
         group_maxima_generic(row, n, groups, m);
         return;
@@ -223,35 +326,60 @@ __attribute__((target("avx512f"))) static void group_maxima_avx512(const float *
     for (int v = 0; v < 16; v++) acc[v] = _mm512_set1_ps(-INFINITY);
     int64_t j = 0;
     for (; j + 256 <= n; j += 256)
-        for (int v = 0; v < 16; v++) acc[v] = _mm512_max_ps(_mm512_loadu_ps(row + j + 16 * v), acc[v]);
+        for (int v = 0; v < 16; v++) acc[v] = _mm512_max_ps(load16(row, j + 16 * v), acc[v]);
     int lanes = (int)(m / 16);
     for (int v = lanes; v < 16; v++) acc[v % lanes] = _mm512_max_ps(acc[v], acc[v % lanes]);
     for (int v = 0; v < lanes; v++) _mm512_storeu_ps(groups + 16 * v, acc[v]);
     for (; j < n; j++) { /* j - base is j mod m here, since 256 is a multiple of m */
-        float *g = groups + (j & (m - 1));
-        *g = row[j] > *g ? row[j] : *g;
+        float value = value_at(row, j), *g = groups + (j & (m - 1));
+        *g = value > *g ? value : *g;
     }
 }
 
-static void (*scan)(const float *, int64_t, Row *) = scan_generic;
-static void (*group_maxima)(const float *, int64_t, float *, int64_t) = group_maxima_generic;
+AVX512 static float rescore_avx512(const float *q, const float *k, int64_t dim) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= dim; i += 16)
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(k + i)));
+    if (i < dim) { /* lanes past the last dimension stay as they are */
+        __mmask16 tail = (__mmask16)((1u << (dim - i)) - 1);
+        __m512 product = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, q + i),
+                                       _mm512_maskz_loadu_ps(tail, k + i));
+        acc = _mm512_mask_add_ps(acc, tail, acc, product);
+    }
+    /* the folds: lanes i + 8, i + 4, i + 2, i + 1 onto lane i (addition commutes exactly) */
+    __m256 lo = _mm512_castps512_ps256(acc);
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1));
+    __m256 eight = _mm256_add_ps(lo, hi);
+    __m128 four = _mm_add_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps(eight, 1));
+    __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+    __m128 one = _mm_add_ss(two, _mm_shuffle_ps(two, two, 1));
+    return _mm_cvtss_f32(one);
+}
+
+static void (*scan)(RowIn, int64_t, Row *) = scan_generic;
+static void (*group_maxima)(RowIn, int64_t, float *, int64_t) = group_maxima_generic;
+static float (*rescore)(const float *, const float *, int64_t) = rescore_generic;
 
 static void choose_simd(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) {
         scan = scan_avx512;
         group_maxima = group_maxima_avx512;
+        rescore = rescore_avx512;
     }
 }
 #else
-static void (*scan)(const float *, int64_t, Row *) = scan_generic;
-static void (*group_maxima)(const float *, int64_t, float *, int64_t) = group_maxima_generic;
+static void (*scan)(RowIn, int64_t, Row *) = scan_generic;
+static void (*group_maxima)(RowIn, int64_t, float *, int64_t) = group_maxima_generic;
+static float (*rescore)(const float *, const float *, int64_t) = rescore_generic;
 
 static void choose_simd(void) {}
 #endif
 
-/* One row: fills values[0..k), cols[0..k) and returns how many are valid (<= k). */
-static int64_t select_row(const float *row, int64_t n, Row *state, float *values,
+/* One row: fills values[0..k), cols[0..k) and returns how many are valid (<= k), or -1 when
+ * memory ran out. Certified mode rescores from `query` (dim,) and `factors` (n, dim). */
+static int64_t select_row(RowIn row, int64_t n, Row *state, const float *query, float *values,
                           int32_t *cols) {
     int64_t k = state->k;
     state->size = 0;
@@ -261,11 +389,36 @@ static int64_t select_row(const float *row, int64_t n, Row *state, float *values
         for (int64_t g = 0; g < state->num_groups; g++)
             state->group_keys[g] = key_of(state->groups[g]);
         uint32_t bound = kth_largest32(state->group_keys, state->num_groups, k);
-        if (bound > KEY_NEG_INF) state->bar = ((uint64_t)bound << 32) - 1;
+        if (bound > KEY_NEG_INF)
+            state->bar = state->certified ? bar_at_least(certified_cut(state, float_of(bound)))
+                                          : ((uint64_t)bound << 32) - 1;
     }
     state->floor = floor_of(state->bar);
     scan(row, n, state);
+    if (state->out_of_memory) return -1;
     int64_t size = state->size;
+    if (state->certified) {
+        if (size > k) { /* the cut of the final k-th block score */
+            select_top64(state->buffer, size, k);
+            float kth = float_of((uint32_t)(kth_entry(state) >> 32));
+            uint64_t bar = bar_at_least(certified_cut(state, kth));
+            int64_t kept = 0;
+            for (int64_t i = 0; i < size; i++)
+                if (state->buffer[i] > bar) state->buffer[kept++] = state->buffer[i];
+            size = kept;
+        }
+        const int64_t ahead = 8; /* the factors of candidate i + ahead are fetched meanwhile */
+        for (int64_t i = 0; i < size; i++) {
+            if (i + ahead < size) {
+                uint32_t later = ~(uint32_t)state->buffer[i + ahead];
+                const char *at = (const char *)(state->factors + (int64_t)later * state->dim);
+                for (int64_t byte = 0; byte < state->dim * 4; byte += 64) __builtin_prefetch(at + byte);
+            }
+            uint32_t col = ~(uint32_t)state->buffer[i];
+            float exact = rescore(query, state->factors + (int64_t)col * state->dim, state->dim);
+            state->buffer[i] = entry_of(key_of(exact), col);
+        }
+    }
     if (size > k) {
         select_top64(state->buffer, size, k);
         size = k;
@@ -282,30 +435,29 @@ static int64_t select_row(const float *row, int64_t n, Row *state, float *values
     return size;
 }
 
-/* select(block, rows, cols, stride, k, queries, num_queries, indptr, indices, values,
- *        keys, counts): addresses of contiguous buffers, checked by the caller.
- * block (rows, stride) float32, written in place (seen keys -> -inf); queries (rows,) int64;
- * indptr (num_queries + 1,) int64 and indices int32: the seen CSR, or both 0 for none;
- * values (rows, k) float32, keys (rows, k) int32, counts (rows,) int64 out. */
-static PyObject *topk_select(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_ssize_t block_at, rows, n, stride, k, queries_at, num_queries, indptr_at, indices_at;
-    Py_ssize_t values_at, keys_at, counts_at;
-    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnn", &block_at, &rows, &n, &stride, &k, &queries_at,
-                          &num_queries, &indptr_at, &indices_at, &values_at, &keys_at,
-                          &counts_at))
-        return NULL;
-    if (rows < 0 || n < 0 || stride < n || k < 0 || k > n || n > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "topk select: bad shape");
-        return NULL;
-    }
-    float *block = (float *)block_at, *values = (float *)values_at;
-    int32_t *keys = (int32_t *)keys_at;
-    int64_t *counts = (int64_t *)counts_at;
-    const int64_t *queries = (const int64_t *)queries_at, *indptr = (const int64_t *)indptr_at;
-    const int32_t *indices = (const int32_t *)indices_at;
+/* What one call selects over; addresses come from score.py, which checks shapes and types. */
+typedef struct {
+    void *block; /* (rows, stride) float32, or bfloat16 bits when `bf16` */
+    int bf16;
+    int64_t rows, n, stride, k;
+    const int64_t *queries, *indptr; /* queries (rows,); indptr (num_queries + 1,) or NULL */
+    const int32_t *indices;          /* the seen CSR's key indices */
+    int64_t num_queries;
+    const float *slack; /* certified mode: (rows,); NULL in exact mode */
+    double roundoff;
+    const float *query, *factors; /* certified mode: (rows, dim) and (n, dim) fp32 */
+    int64_t dim;
+    float *values;
+    int32_t *keys;
+    int64_t *counts;
+} Job;
+
+/* Every row of the job; NULL, or what went wrong. Runs without the GIL. */
+static const char *run(const Job *job) {
+    int64_t k = job->k, n = job->n;
     if (k == 0) {
-        for (Py_ssize_t r = 0; r < rows; r++) counts[r] = 0;
-        Py_RETURN_NONE;
+        for (int64_t r = 0; r < job->rows; r++) job->counts[r] = 0;
+        return NULL;
     }
     /* S >= 2k strided groups: the k-th group maximum is then close to the k-th score (about
      * 1.25 k keys reach it on random rows); below 4 keys per group, keep every key instead */
@@ -313,46 +465,108 @@ static PyObject *topk_select(PyObject *Py_UNUSED(self), PyObject *args) {
     while (num_groups < 2 * k) num_groups *= 2;
     if (n < 4 * num_groups) num_groups = 0;
     int64_t capacity = 2 * k > k + 1024 ? 2 * k : k + 1024;
+    double u = job->roundoff;
     Row state = {malloc(capacity * sizeof(uint64_t)), capacity, 0, k, 0, 0.0f,
                  malloc((num_groups + 1) * sizeof(float)),
-                 malloc((num_groups + 1) * sizeof(uint32_t)), num_groups};
-    if (!state.buffer || !state.groups || !state.group_keys) {
-        free(state.buffer), free(state.groups), free(state.group_keys);
-        return PyErr_NoMemory();
-    }
+                 malloc((num_groups + 1) * sizeof(uint32_t)), num_groups, job->slack != NULL,
+                 0.0f, (float)u, (float)(1.0 - u), job->factors, job->dim, 0};
     const char *error = NULL;
-    Py_BEGIN_ALLOW_THREADS;
-    for (Py_ssize_t r = 0; r < rows && !error; r++) {
-        float *row = block + r * stride;
-        if (indptr) {
-            int64_t q = queries[r];
-            if (q < 0 || q >= num_queries) {
+    if (!state.buffer || !state.groups || !state.group_keys) error = "out of memory";
+    size_t width = job->bf16 ? sizeof(uint16_t) : sizeof(float);
+    for (int64_t r = 0; r < job->rows && !error; r++) {
+        void *at = (char *)job->block + r * job->stride * width;
+        if (job->indptr) { /* seen keys -> -inf, in place */
+            int64_t q = job->queries[r];
+            if (q < 0 || q >= job->num_queries) {
                 error = "query index out of range of the seen matrix";
                 break;
             }
-            for (int64_t p = indptr[q]; p < indptr[q + 1]; p++) {
-                int32_t col = indices[p];
+            for (int64_t p = job->indptr[q]; p < job->indptr[q + 1]; p++) {
+                int32_t col = job->indices[p];
                 if (col < 0 || col >= n) {
                     error = "seen key index out of range";
                     break;
                 }
-                row[col] = -INFINITY;
+                if (job->bf16) ((uint16_t *)at)[col] = 0xFF80; /* bf16 -inf */
+                else ((float *)at)[col] = -INFINITY;
             }
             if (error) break;
         }
-        counts[r] = select_row(row, n, &state, values + r * k, keys + r * k);
+        if (state.certified) state.slack = job->slack[r];
+        RowIn row = {at, job->bf16};
+        int64_t count = select_row(row, n, &state, job->query ? job->query + r * job->dim : NULL,
+                                   job->values + r * k, job->keys + r * k);
+        if (count < 0) error = "out of memory";
+        job->counts[r] = count;
     }
-    Py_END_ALLOW_THREADS;
     free(state.buffer), free(state.groups), free(state.group_keys);
-    if (error) {
-        PyErr_SetString(PyExc_ValueError, error);
+    return error;
+}
+
+static PyObject *finish(const Job *job) {
+    const char *error;
+    Py_BEGIN_ALLOW_THREADS;
+    error = run(job);
+    Py_END_ALLOW_THREADS;
+    if (!error) Py_RETURN_NONE;
+    PyErr_SetString(strcmp(error, "out of memory") ? PyExc_ValueError : PyExc_MemoryError,
+                    error);
+    return NULL;
+}
+
+static int check_shape(const Job *job) {
+    if (job->rows < 0 || job->n < 0 || job->stride < job->n || job->k < 0 || job->k > job->n ||
+        job->n > INT32_MAX || job->dim < 0) {
+        PyErr_SetString(PyExc_ValueError, "topk: bad shape");
+        return 0;
+    }
+    return 1;
+}
+
+/* select(block, rows, n, stride, k, queries, num_queries, indptr, indices, values, keys,
+ *        counts): exact mode on an fp32 block, written in place (seen keys -> -inf).
+ * Addresses of contiguous buffers: block (rows, stride) float32; queries (rows,) int64;
+ * indptr (num_queries + 1,) int64 and indices int32, the seen CSR, or both 0 for none;
+ * values (rows, k) float32, keys (rows, k) int32 and counts (rows,) int64 out. */
+static PyObject *topk_select(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_ssize_t block, rows, n, stride, k, queries, num_queries, indptr, indices;
+    Py_ssize_t values, keys, counts;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnnn", &block, &rows, &n, &stride, &k, &queries,
+                          &num_queries, &indptr, &indices, &values, &keys, &counts))
+        return NULL;
+    Job job = {(void *)block, 0, rows, n, stride, k, (const int64_t *)queries,
+               (const int64_t *)indptr, (const int32_t *)indices, num_queries, NULL, 0.0,
+               NULL, NULL, 0, (float *)values, (int32_t *)keys, (int64_t *)counts};
+    return check_shape(&job) ? finish(&job) : NULL;
+}
+
+/* select_certified(block, bf16, rows, n, stride, k, queries, num_queries, indptr, indices,
+ *                  slack, roundoff, query, factors, dim, values, keys, counts): certified
+ * mode. block is float32 or (bf16 = 1) bfloat16; slack (rows,) float32; roundoff the block's
+ * relative rounding; query (rows, dim) and factors (n, dim) the fp32 factors to rescore. */
+static PyObject *topk_select_certified(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_ssize_t block, bf16, rows, n, stride, k, queries, num_queries, indptr, indices, slack;
+    Py_ssize_t query, factors, dim, values, keys, counts;
+    double roundoff;
+    if (!PyArg_ParseTuple(args, "nnnnnnnnnnndnnnnnn", &block, &bf16, &rows, &n, &stride, &k,
+                          &queries, &num_queries, &indptr, &indices, &slack, &roundoff, &query,
+                          &factors, &dim, &values, &keys, &counts))
+        return NULL;
+    Job job = {(void *)block, bf16 != 0, rows, n, stride, k, (const int64_t *)queries,
+               (const int64_t *)indptr, (const int32_t *)indices, num_queries,
+               (const float *)slack, roundoff, (const float *)query, (const float *)factors,
+               dim, (float *)values, (int32_t *)keys, (int64_t *)counts};
+    if (!slack || !query || !factors || !(roundoff >= 0.0 && roundoff < 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "topk: certified mode needs slack, factors, roundoff");
         return NULL;
     }
-    Py_RETURN_NONE;
+    return check_shape(&job) ? finish(&job) : NULL;
 }
 
 static PyMethodDef methods[] = {
-    {"select", topk_select, METH_VARARGS, "Exact top-k of each row of a score block."},
+    {"select", topk_select, METH_VARARGS, "Exact top-k of each row of an fp32 score block."},
+    {"select_certified", topk_select_certified, METH_VARARGS,
+     "The fp32 top-k of each row of an approximate score block, rescored from the factors."},
     {NULL, NULL, 0, NULL},
 };
 

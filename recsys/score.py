@@ -30,17 +30,19 @@ except ImportError:
 
 log = logging.getLogger(__name__)
 
-TOPK_ABI = 1  # the calling convention recsys/_topk.c implements (its TOPK_ABI)
+TOPK_ABI = 2  # the calling convention recsys/_topk.c implements (its TOPK_ABI)
 
 DEFAULT_CPU_BUDGET = 256 * 2**20
 GPU_BUDGET_FRACTION = 0.4
 # Scratch bytes per score: the block itself plus the dense top-k fallback's working copies.
 BYTES_PER_SCORE = 12
-# CPU chunks: 64 users per block. MKL's fp32 product with d = 64 runs about twice as fast per
-# user at 64 users as at 256 (whose 20 MiB blocks spill the cache) and much slower below
-# 32; the selection reads each row right after the product. benchmarks/RESULTS.md's
-# ablation compares 262 and 1,024 users per chunk.
-CPU_CHUNK_ROWS = 64
+# CPU: a chunk of 256 queries per worker task, scored in blocks of 64. MKL's fp32 product
+# with d = 64 runs about twice as fast per query at 64 as at 256 (whose 20 MiB blocks spill
+# the cache) and much slower below 32; the selection reads each block right after its
+# product; the larger chunk spreads each task's Python overhead. benchmarks/RESULTS.md's
+# ablation compares other sizes.
+CPU_BLOCK_ROWS = 64
+CPU_CHUNK_ROWS = 256
 NEG_INF = float("-inf")
 
 
@@ -141,8 +143,9 @@ class FactorScorer(BlockScorer):
 
     In half precision (`dtype` bfloat16, or float16 on CUDA) the block is approximate; every
     score is within `error_bound(rows)` of the fp32 one (a rounding-error bound, below), so
-    the selection keeps every key that could be in the exact top-N and `rescore` recomputes
-    those few in fp32. The result is the fp32 top-N, not an approximation of it.
+    the selection keeps every key that could be in the exact top-N (`certified_cut`) and
+    rescores those few in fp32 from the factors (`rescore_torch`, or the compiled kernel's
+    same steps). The result is the fp32 top-N, not an approximation of it.
     """
 
     def __init__(
@@ -182,12 +185,6 @@ class FactorScorer(BlockScorer):
         """fp32 scores (B, K) for rows whose candidates could not be narrowed down."""
         return self.query32[rows] @ self.key32.T
 
-    def rescore(self, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """fp32 scores of the given keys: rows (B,), keys (B, C) -> (B, C)."""
-        vectors = self.key32.index_select(0, keys.reshape(-1)).view(*keys.shape, -1)  # (B, C, D)
-        # multiply-and-sum beats bmm's batched matrix-vector products ~2x on CPU
-        return (vectors * self.query32[rows].unsqueeze(1)).sum(dim=2)
-
     def error_bound(self, rows: torch.Tensor) -> torch.Tensor:
         """(B,) absolute bound on |block score - fp32 score|, before the block's own rounding."""
         return self._bound[rows]
@@ -209,7 +206,7 @@ def _error_bound(
     included): q.k - q~.k~ = dq.k~ + q~.dk + dq.dk, bounded by Cauchy-Schwarz with the
     largest key norms; the fp32 sums of the block and of the rescoring (and the reference)
     each add at most gamma_D sum|q_d k_d| <= gamma_D |q| |k|. The block's own final rounding
-    is accounted for in `select_candidates`. Inflated by 1% for this computation's rounding.
+    is accounted for in `certified_cut`. Inflated by 1% for this computation's rounding.
     `accumulate`: the block's summation precision when it may not be fp32.
     """
     dim = query.shape[1]
@@ -359,7 +356,9 @@ class _ChunkScorer:
         device: torch.device,
         max_rows: int,
     ) -> None:
-        self.scorer, self.k, self.device, self.max_rows = scorer, k, device, max_rows
+        self.scorer, self.k, self.device = scorer, k, device
+        # CPU: each chunk in blocks of CPU_BLOCK_ROWS (product, then selection, per block)
+        self.block_rows = max_rows if device.type != "cpu" else min(max_rows, CPU_BLOCK_ROWS)
         self.seen = _SeenOnDevice(seen, device) if seen is not None else None
         self.local = threading.local()
 
@@ -371,13 +370,20 @@ class _ChunkScorer:
             # CUDA's caching allocator reuses blocks by itself.
             self.local.buffer = None
             if self.device.type == "cpu":
-                self.local.buffer = torch.empty((self.max_rows, self.scorer.num_keys),
+                self.local.buffer = torch.empty((self.block_rows, self.scorer.num_keys),
                                                 dtype=self.scorer.block_dtype())  # fmt: skip
         buffer = self.local.buffer
+        parts = []
         with torch.no_grad():
-            rows = torch.from_numpy(block).to(self.device)
-            out = buffer[: len(block)] if buffer is not None else None
-            values, keys, counts = _chunk_top_k(self.scorer, rows, block, self.k, out, self.seen)
+            for start in range(0, len(block), self.block_rows):
+                queries = block[start : start + self.block_rows]
+                rows = torch.from_numpy(queries).to(self.device)
+                out = buffer[: len(queries)] if buffer is not None else None
+                parts.append(_chunk_top_k(self.scorer, rows, queries, self.k, out, self.seen))
+        if len(parts) == 1:
+            values, keys, counts = parts[0]
+        else:
+            values, keys, counts = (np.concatenate(part) for part in zip(*parts, strict=True))
         return TopN(block, keys, values, counts)
 
 
@@ -392,29 +398,10 @@ def _chunk_top_k(
     """Exact top-k of one chunk on the host: values (B, k) fp32 best first, key indices
     (B, k) int32, counts (B,) int64."""
     approximate = isinstance(scorer, FactorScorer) and scorer.approximate
-    if not approximate:
-        return select_top_k(scorer.score_block(rows, out), k, seen, block, rows)
-    if group_sizes(scorer.num_keys, k) is None:
-        # small catalogue: no shortcut to rescore candidates from, so score in fp32 directly
-        return select_top_k(scorer.score_exact(rows), k, seen, block, rows)
     scores = scorer.score_block(rows, out)  # (B, K)
-    if seen is not None:
-        seen.mask_(scores, block, rows)
-    slack = scorer.error_bound(rows)
-    roundoff = scorer.output_roundoff()
-    keys, cand, ok = select_candidates(scores, k, slack, roundoff)  # (B, C), (B, C), (B,)
-    keys, cand = _rescore(scorer, rows, keys, cand, k, slack, roundoff)
-    values, pos = torch.topk(cand, k, dim=1, sorted=True)  # (B, k)
-    idx = torch.gather(keys, 1, pos)
-    if not bool(ok.all()):  # rows with too few finite scores, or a loose bound: dense, exact
-        bad = torch.nonzero(~ok).squeeze(1)
-        dense = scorer.score_exact(rows[bad])
-        if seen is not None:
-            seen.mask_(dense, block[bad.cpu().numpy()], rows[bad])
-        values[bad], idx[bad] = torch.topk(dense, k, dim=1, sorted=True)
-    idx.masked_fill_(values == NEG_INF, 0)
-    counts = (values != NEG_INF).sum(dim=1)
-    return values.cpu().numpy(), idx.to(torch.int32).cpu().numpy(), counts.cpu().numpy()
+    if not approximate:
+        return select_top_k(scores, k, seen, block, rows)
+    return select_certified(scorer, scores, k, seen, block, rows)
 
 
 def kernel_available() -> bool:
@@ -453,8 +440,14 @@ def select_top_k(
 
 
 def _select_compiled(
-    scores: torch.Tensor, k: int, seen: _SeenOnDevice | None, block: np.ndarray
+    scores: torch.Tensor,
+    k: int,
+    seen: _SeenOnDevice | None,
+    block: np.ndarray,
+    certified: tuple[torch.Tensor, float, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The compiled kernel on a CPU block: exact mode, or with `certified` = (slack (B,),
+    roundoff, query (B, D), key (K, D)) the certified mode of `select_certified`."""
     num_rows, num_keys = scores.shape
     scores = scores.contiguous()
     values = np.empty((num_rows, k), np.float32)
@@ -466,11 +459,23 @@ def _select_compiled(
     else:
         num_queries = len(seen.indptr_np) - 1
         indptr_at, indices_at = seen.indptr_np.ctypes.data, seen.indices_np.ctypes.data
-    # the kernel reads and writes these addresses with the GIL released; every array is
-    # held by a local name until it returns
-    _topk.select(scores.data_ptr(), num_rows, num_keys, num_keys, k, queries.ctypes.data,
-                 num_queries, indptr_at, indices_at, values.ctypes.data, keys.ctypes.data,
-                 counts.ctypes.data)  # fmt: skip
+    # the kernel reads and writes these addresses with the GIL released; every array and
+    # tensor is held by a local name until it returns
+    head = (scores.data_ptr(), num_rows, num_keys, num_keys, k, queries.ctypes.data,
+            num_queries, indptr_at, indices_at)  # fmt: skip
+    tail = (values.ctypes.data, keys.ctypes.data, counts.ctypes.data)
+    if certified is None:
+        _topk.select(*head, *tail)
+        return values, keys, counts
+    slack, roundoff, query, key = (
+        certified[0].contiguous(),
+        certified[1],
+        certified[2].contiguous(),
+        certified[3].contiguous(),
+    )
+    bf16 = int(scores.dtype == torch.bfloat16)
+    _topk.select_certified(head[0], bf16, *head[1:], slack.data_ptr(), roundoff,
+                           query.data_ptr(), key.data_ptr(), query.shape[1], *tail)  # fmt: skip
     return values, keys, counts
 
 
@@ -506,121 +511,84 @@ def select_top_k_torch(
     return values, torch.gather(keys, 1, order), counts
 
 
-def _rescore(
+def certified_cut(kth: torch.Tensor, slack: torch.Tensor, roundoff: float) -> torch.Tensor:
+    """(B,) the lowest block score that can still reach the fp32 top-k, given each row's
+    k-th block score (B,): k keys have block scores >= t, which stand for unrounded ones
+    >= t - roundoff |t| / (1 - roundoff) and fp32 scores >= that - slack, so the fp32 k-th
+    is too; a key can reach it only if its block score is >= that - 2 slack (rounding is
+    monotone). The kernel takes the same fp32 steps."""
+    return kth - roundoff * kth.abs() / (1 - roundoff) - 2 * slack
+
+
+def rescore_torch(query: torch.Tensor, key: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """fp32 scores of the keys `cols` (B, C) for the queries (B, D), in the compiled kernel's
+    order of operations (so both give the same bits): lane j of 16 sums q[i] * k[i] over
+    i = j, j + 16, ... in order, then the lanes fold in halves (8, 4, 2, 1)."""
+    num_rows, width = cols.shape
+    dim = query.shape[1]
+    vectors = key.index_select(0, cols.reshape(-1)).view(num_rows, width, dim)  # (B, C, D)
+    lanes = torch.zeros((num_rows, width, 16), device=query.device)
+    for start in range(0, dim, 16):
+        stop = min(start + 16, dim)
+        products = vectors[:, :, start:stop] * query[:, None, start:stop]  # (B, C, <=16)
+        lanes[:, :, : stop - start] = lanes[:, :, : stop - start] + products
+    for half in (8, 4, 2, 1):
+        lanes = lanes[:, :, :half] + lanes[:, :, half : 2 * half]
+    return lanes[:, :, 0]
+
+
+def select_certified(
     scorer: FactorScorer,
+    scores: torch.Tensor,
+    k: int,
+    seen: _SeenOnDevice | None,
+    block: np.ndarray,
     rows: torch.Tensor,
-    keys: torch.Tensor,
-    approx: torch.Tensor,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`select_top_k` for a half-precision block: every key whose block score reaches the
+    row's `certified_cut` is rescored in fp32 from the factors, and the k best of those are
+    listed (their fp32 scores, in the order of `select_top_k`)."""
+    slack = scorer.error_bound(rows).float()  # (B,)
+    roundoff = scorer.output_roundoff()
+    query = scorer.query32.index_select(0, rows)  # (B, D)
+    usable = scores.dtype in (torch.float32, torch.bfloat16)
+    if scores.device.type == "cpu" and usable and kernel_available():
+        return _select_compiled(scores, k, seen, block, (slack, roundoff, query, scorer.key32))
+    if seen is not None:
+        seen.mask_(scores, block, rows)
+    values, keys, counts = select_certified_torch(scores, k, slack, roundoff, query, scorer.key32)
+    return values.cpu().numpy(), keys.to(torch.int32).cpu().numpy(), counts.cpu().numpy()
+
+
+def select_certified_torch(
+    scores: torch.Tensor,
     k: int,
     slack: torch.Tensor,
     roundoff: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 scores of the candidates that can still make the top-k: (B, C) -> (B, C')."""
-    approx, order = torch.sort(approx, dim=1, descending=True)  # (B, C)
-    # The candidates' own k-th value is a tighter lower bound than select_candidates' cut.
-    kth = approx[:, k - 1].float()
-    cut = kth - roundoff * kth.abs() / (1 - roundoff) - 2 * slack  # (B,)
-    reach = (approx.float() >= cut.unsqueeze(1)).sum(dim=1)  # a prefix of each sorted row
-    reach.masked_fill_(~torch.isfinite(kth), 0)  # rows left to the dense path: nothing
-    width = max(int(reach.max()), k)
-    keys = torch.gather(keys, 1, order[:, :width])
-    exact = scorer.rescore(rows, keys)  # (B, C')
-    beyond = torch.arange(width, device=keys.device).unsqueeze(0) >= reach.unsqueeze(1)
-    return keys, exact.masked_fill_(beyond | (approx[:, :width] == NEG_INF), NEG_INF)
-
-
-def group_sizes(num_keys: int, k: int) -> tuple[int, int] | None:
-    """Group sizes (g1, g2) for `select_candidates`, or None when a dense top-k is as cheap."""
-    g1 = 8
-    g2 = num_keys // (g1 * 3 * k) if k else 0
-    return (g1, min(g2, 64)) if g2 >= 2 else None
-
-
-def select_candidates(
-    scores: torch.Tensor, k: int, slack: torch.Tensor | None = None, roundoff: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Every key of each row that can be in the row's top-k, found with cheap passes.
-
-    Keys split into G1 = I // g1 strided groups (key j in group j mod G1); groups into G2
-    strided super-groups. t = the k-th largest super-group maximum is a lower bound of the k-th
-    largest score (k distinct keys reach it), so the top-k lies among keys >= t, in groups whose
-    maximum is >= t: about k of them. Only those groups are gathered. With approximate scores
-    (within `slack` (B,) of the exact ones, then rounded with relative `roundoff`), the cut is
-    lowered to cover every key whose exact score can reach the exact k-th (see below).
-
-    Returns key indices (B, C) and their scores (B, C) (padding: index 0, score -inf) and
-    `ok` (B,): False for rows left to the caller (fewer than k finite scores, or too many
-    candidates). None when the catalogue is too small for this to pay off.
-    """
-    num_rows, num_keys = scores.shape
-    sizes = group_sizes(num_keys, k)
-    if sizes is None or num_rows == 0:
-        return None
-    g1, g2 = sizes
-    num_groups = num_keys // g1
-    covered = num_groups * g1  # keys past it (< g1) are candidates by themselves
-    group_max = torch.amax(scores[:, :covered].view(num_rows, g1, num_groups), dim=1)  # (B, G1)
-    num_super = num_groups // g2
-    super_max = torch.amax(
-        group_max[:, : num_super * g2].view(num_rows, g2, num_super), dim=1
-    )  # (B, G2); groups past num_super * g2 only make t lower, never wrong
-    cut = torch.topk(super_max, k, dim=1, sorted=False).values.amin(dim=1).float()  # (B,)
-    if slack is not None:
-        # A block value t stands for an unrounded one >= t - roundoff |t| / (1 - roundoff);
-        # k keys have exact scores >= that - slack, so the exact k-th is too; a key can reach
-        # it only if its unrounded value is >= that - 2 slack, and rounding is monotone.
-        cut = cut - roundoff * cut.abs() / (1 - roundoff) - 2 * slack
-    ok = torch.isfinite(cut)
-    cut = cut.to(scores.dtype).unsqueeze(1)  # (B, 1)
-    in_groups = group_max >= cut  # (B, G1)
-    ok &= in_groups.sum(dim=1) * g1 <= max(num_keys // 4, 4 * k)  # else dense is cheaper
-    all_ok = bool(ok.all())
-    if not all_ok:
-        in_groups &= ok.unsqueeze(1)
-    groups = _compact(in_groups, pad=0)  # (B, C1) group ids
-    offsets = torch.arange(g1, device=scores.device) * num_groups  # (g1,)
-    keys = (groups.unsqueeze(2) + offsets).view(num_rows, -1)  # (B, C1 * g1)
-    values = torch.gather(scores, 1, keys)
-    padding = _compact_padding(in_groups, groups.shape[1])  # (B, C1) True where padded
-    values.view(num_rows, -1, g1).masked_fill_(padding.unsqueeze(2), NEG_INF)
-    if covered < num_keys:
-        tail = torch.arange(covered, num_keys, device=scores.device)
-        keys = torch.cat([keys, tail.expand(num_rows, -1)], dim=1)
-        values = torch.cat([values, scores[:, covered:]], dim=1)
-    if keys.shape[1] == 0:  # every row left to the caller and no tail: nothing to gather
-        padding = torch.zeros((num_rows, k), dtype=torch.long, device=scores.device)
-        return padding, torch.full((num_rows, k), NEG_INF, device=scores.device), ok
-    keep = values >= cut  # (B, C1 * g1 [+ tail])
-    if not all_ok:
-        keep &= ok.unsqueeze(1)
-    pick = _compact(keep, pad=-1)  # (B, C2) positions, -1 = padding
-    width = max(pick.shape[1], k)
-    if width > pick.shape[1]:
-        pick = torch.cat([pick, pick.new_full((num_rows, width - pick.shape[1]), -1)], dim=1)
-    padded = pick < 0
-    pick = pick.clamp_(min=0)
-    out_keys = torch.gather(keys, 1, pick).masked_fill_(padded, 0)
-    out_values = torch.gather(values, 1, pick).masked_fill_(padded, NEG_INF)
-    return out_keys, out_values, ok
-
-
-def _compact(mask: torch.Tensor, pad: int) -> torch.Tensor:
-    """Column indices of each row's True entries, in order, padded with `pad`: (B, W) ->
-    (B, C) with C the largest count in the block."""
-    rows, cols = torch.nonzero(mask, as_tuple=True)  # row-major order
-    counts = torch.bincount(rows, minlength=mask.shape[0])
-    width = int(counts.max()) if rows.numel() else 0
-    starts = torch.cumsum(counts, 0) - counts
-    position = torch.arange(rows.numel(), device=mask.device) - starts[rows]
-    out = torch.full((mask.shape[0], width), pad, dtype=torch.long, device=mask.device)
-    out[rows, position] = cols
-    return out
-
-
-def _compact_padding(mask: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, width) True where `_compact(mask)` padded."""
-    counts = mask.sum(dim=1, keepdim=True)
-    return torch.arange(width, device=mask.device).unsqueeze(0) >= counts
+    query: torch.Tensor,
+    key: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`select_certified` in torch ops, seen keys already -inf: values (B, k), keys (B, k)
+    int64, counts (B,)."""
+    num_rows = scores.shape[0]
+    values = scores.float()  # (B, K)
+    if k == 0 or num_rows == 0:
+        return select_top_k_torch(values, k)
+    kth = torch.topk(values, k, dim=1).values[:, k - 1]  # (B,)
+    candidate = (values >= certified_cut(kth, slack, roundoff).unsqueeze(1)) & (values != NEG_INF)
+    counts = candidate.sum(dim=1)
+    width = max(int(counts.max()), k)
+    rows, cols = torch.nonzero(candidate, as_tuple=True)  # each row's keys ascending
+    slot = (
+        torch.arange(rows.numel(), device=values.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    )
+    keys = torch.zeros((num_rows, width), dtype=torch.long, device=values.device)
+    keys[rows, slot] = cols
+    exact = rescore_torch(query, key, keys)  # (B, W)
+    exact.masked_fill_(torch.arange(width, device=values.device) >= counts.unsqueeze(1), NEG_INF)
+    top, position, counts = select_top_k_torch(exact, k)  # ties: lower slot = lower key
+    keys = torch.gather(keys, 1, position).masked_fill_(top == NEG_INF, 0)
+    return top, keys, counts
 
 
 class _SeenOnDevice:

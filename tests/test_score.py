@@ -15,7 +15,6 @@ from recsys.score import (
     SeenMatrix,
     chunk_rows,
     resolve_device,
-    select_candidates,
     top_n,
 )
 
@@ -76,15 +75,13 @@ def test_chunked_equals_dense(budget: int, subset: bool) -> None:
     _assert_top_n(chunks, _dense(user, item, seen_sets), 10, queries, seen_sets)
 
 
-# The shortcut (select_candidates) needs num_items >= 48 k: these sizes take it.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("budget", [2000 * BYTES_PER_SCORE * 3, 2000 * BYTES_PER_SCORE * 64])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_shortcut_equals_dense_for_every_dtype_chunk_and_worker(dtype, budget, workers) -> None:
+def test_large_catalogue_equals_dense_for_every_dtype_chunk_and_worker(dtype, budget, workers):
     user, item, seen, seen_sets = _case(seed=1, num_users=61, num_items=2003, max_seen=60)
     seen_sets[5] = list(range(1, 2003, 2)) + [0]  # many seen; unseen only every other item
     seen = _seen(seen_sets)
-    assert score.group_sizes(2003, 10) is not None
     scorer = FactorScorer(user, item, dtype)
     assert scorer.approximate == (dtype != torch.float32)
     queries = np.arange(61)
@@ -92,7 +89,7 @@ def test_shortcut_equals_dense_for_every_dtype_chunk_and_worker(dtype, budget, w
     _assert_top_n(chunks, _dense(user, item, seen_sets), 10, queries, seen_sets)
 
 
-def test_users_with_few_unseen_items_fall_back_exactly_on_the_shortcut_path() -> None:
+def test_users_with_fewer_unseen_items_than_n_get_exactly_those() -> None:
     user, item, _, seen_sets = _case(seed=2, num_users=12, num_items=2000)
     seen_sets[0] = list(range(1995))  # 5 unseen < N
     seen_sets[1] = list(range(2000))  # none unseen
@@ -111,30 +108,36 @@ def _seen(seen_sets):
 
 @pytest.mark.parametrize("num_keys", [1000, 1007, 4096])
 @pytest.mark.parametrize("k", [1, 5, 20])
-def test_select_candidates_keeps_the_exact_top_k_with_ties_and_minus_inf(num_keys, k) -> None:
+def test_certified_selection_is_the_fp32_top_k_with_ties_and_minus_inf(num_keys, k) -> None:
+    """A bf16 block of tied and untied rows: the listed keys are the fp32 top-k of the
+    rescored scores, and the compiled and torch paths agree bit for bit."""
     gen = torch.Generator().manual_seed(num_keys + k)
-    scores = torch.randint(0, 40, (9, num_keys), generator=gen).float()  # (B, K): many ties
-    scores[1] = torch.randn(num_keys, generator=gen)  # no ties
-    scores[2, : num_keys - k + 1] = float("-inf")  # k-1 finite
-    scores[3] = float("-inf")  # nothing finite
-    scores[4] = torch.randn(num_keys, generator=gen)
-    scores[4, ::3] = float("-inf")
-    scores[5] = 7.0  # all tied
-    scores[6] = torch.randn(num_keys, generator=gen)
-    scores[6, -1] = 1e6  # the best key in the tail past the last full group
-    found = select_candidates(scores, k)
-    if score.group_sizes(num_keys, k) is None:
-        assert found is None
-        return
-    keys, values, ok = found
-    assert torch.equal(torch.gather(scores, 1, keys)[values > float("-inf")],
-                       values[values > float("-inf")])  # fmt: skip
-    expected, _ = torch.topk(scores, k, dim=1)
-    got, _ = torch.topk(values, k, dim=1)
-    rows = ok.nonzero().squeeze(1)
-    assert torch.equal(got[rows], expected[rows])  # same values, ties included
-    assert not ok[2] and not ok[3]  # too few finite scores: left to the dense path
-    assert ok[[1, 4, 6]].all()  # heavily tied rows may be left to the dense path too
+    user = torch.randint(-3, 4, (9, 8), generator=gen).float()  # integer scores: many ties
+    user[1] = torch.randn(8, generator=gen)  # no ties
+    item = torch.randint(-2, 3, (num_keys, 8), generator=gen).float()
+    item[-1] = 50.0  # the best key is the last one
+    seen_sets = [[] for _ in range(9)]
+    seen_sets[2] = list(range(num_keys - k + 1))  # k-1 unseen
+    seen_sets[3] = list(range(num_keys))  # none unseen
+    seen_sets[4] = list(range(0, num_keys, 3))
+    scorer = FactorScorer(user, item, torch.bfloat16)
+    rows, block = torch.arange(9), np.arange(9)
+    dense = _dense(user, item, seen_sets)
+    lists = []
+    for kernel in (True, False) if score.kernel_available() else (False,):
+        with _kernel_switched(kernel):
+            seen = score._SeenOnDevice(_seen(seen_sets), torch.device("cpu"))
+            lists.append(score.select_certified(scorer, scorer.score_block(rows), k, seen,
+                                                block, rows))  # fmt: skip
+    for values, keys, counts in lists:
+        assert counts.tolist() == [min(k, int(torch.isfinite(dense[q]).sum())) for q in range(9)]
+        for q in range(9):
+            want = np.lexsort((np.arange(num_keys), -dense[q].double().numpy()))[: counts[q]]
+            assert keys[q, : counts[q]].tolist() == want.tolist()  # exact: ties to lower key
+            np.testing.assert_allclose(values[q, : counts[q]], dense[q, want], rtol=1e-6)
+    for got in lists[1:]:
+        for a, b in zip(lists[0], got, strict=True):
+            assert np.array_equal(a, b)
 
 
 def test_half_precision_block_stays_within_the_error_bound() -> None:
@@ -146,7 +149,7 @@ def test_half_precision_block_stays_within_the_error_bound() -> None:
         scorer = FactorScorer(user, item, dtype)
         rows = torch.arange(300)
         block = scorer.score_block(rows).double()
-        # the block's own output rounding is what select_candidates adds on top
+        # the block's own output rounding is what certified_cut adds on top
         rounding = score._ROUNDOFF[scorer.dtype] * block.abs() / (1 - score._ROUNDOFF[scorer.dtype])
         error = (block - exact).abs() - rounding
         assert (error <= scorer.error_bound(rows).double().unsqueeze(1)).all()
@@ -184,7 +187,7 @@ def test_stopping_early_with_workers_does_not_hang() -> None:
 def test_chunk_rows_follows_budget() -> None:
     assert chunk_rows(1000, torch.device("cpu"), 1000 * BYTES_PER_SCORE * 7) == 7
     assert chunk_rows(1000, torch.device("cpu"), 1) == 1
-    assert chunk_rows(20_000, torch.device("cpu")) == score.CPU_CHUNK_ROWS
+    assert chunk_rows(20_000, torch.device("cpu")) == score.CPU_CHUNK_ROWS  # in blocks of 64
     # a huge catalogue: the memory budget, not the row count, sets the chunk
     assert chunk_rows(10**7, torch.device("cpu")) == max(
         1, score.DEFAULT_CPU_BUDGET // (10**7 * BYTES_PER_SCORE)
@@ -311,9 +314,9 @@ def test_a_chunk_of_only_dense_rows_on_whole_groups_does_not_crash(dtype, kernel
         chunks = list(top_n(FactorScorer(user, item, dtype), k, _seen(seen_sets)))
         _assert_top_n(chunks, _dense(user, item, seen_sets), k, range(3), seen_sets)
         assert chunks[0].counts.tolist() == [0, k, k]
-    scores = torch.full((3, 800), float("-inf"))  # the shortcut's own input: no row ok
-    keys, values, ok = select_candidates(scores, 10)
-    assert not ok.any() and keys.shape == (3, 10) and (values == float("-inf")).all()
+    scores = torch.full((3, 800), float("-inf"))  # nothing selectable in any row
+    values, keys, counts = score.select_top_k(scores, 10, None, np.arange(3), torch.arange(3))
+    assert counts.tolist() == [0, 0, 0] and (values == float("-inf")).all()
 
 
 def test_nightly_with_a_catalogue_of_whole_groups_and_only_tied_rows_publishes(tmp_path) -> None:
