@@ -12,7 +12,7 @@ the seen items of each chunk dropped, at its best OpenMP thread count; implicit'
 `recommend(..., filter_already_liked_items=True)` at its best thread setting (OpenBLAS at
 one thread, as implicit asks, or implicit at one thread); numpy (sgemm, -inf on seen,
 argpartition) at its best chunk size. The floor is the bare fp32 matrix product in the faster
-of two layouts (the engine's chunks on one worker thread per core, or 1,024-user products on
+of two layouts (the engine's blocks on one worker thread per core, or 1,024-user products on
 torch's own thread team).
 
 Methods run in interleaved rounds; the tables keep each method's best round (the machine may
@@ -407,16 +407,16 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict[str, dict[s
             for rows in (256, 1_024, 4_096)
         },
         FLOOR: {
-            f"engine's chunks, {threads} worker(s)": lambda c: bare_matmul(
-                c, device, torch.float32, chunk_rows(c.num_items, device, 0), threads
+            f"engine's blocks, {threads} worker(s)": lambda c: bare_matmul(
+                c, device, torch.float32, _block_rows(c, device), threads
             ),
             "1,024-user products, torch's threads": lambda c: bare_matmul(
                 c, device, torch.float32, 1024, 1
             ),
         },
         f"bare {low_name} GEMM": {
-            "engine's chunks": lambda c: bare_matmul(
-                c, device, low, chunk_rows(c.num_items, device, 0), threads
+            "engine's blocks": lambda c: bare_matmul(
+                c, device, low, _block_rows(c, device), threads
             )
         },
     }
@@ -525,6 +525,12 @@ def summary_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _block_rows(case: Case, device: torch.device) -> int:
+    """Users per matrix product in the engine: CPU chunks are scored in blocks."""
+    rows = chunk_rows(case.num_items, device, 0)
+    return min(rows, score.CPU_BLOCK_ROWS) if device.type == "cpu" else rows
+
+
 def _low(args: argparse.Namespace) -> str:
     return "bfloat16" if args.dtype == "float32" else args.dtype
 
@@ -584,8 +590,8 @@ def memory_scaling(case: Case, args: argparse.Namespace, device: torch.device) -
     return [
         f"- memory: the engine's peak above its start is {peaks[0]:,.0f} MiB for "
         f"{case.num_users:,} users and {peaks[1]:,.0f} MiB for {2 * case.num_users:,} users "
-        f"x {case.num_items:,} items (chunk of {chunk_rows(case.num_items, device, 0)} users, "
-        f"{BYTES_PER_SCORE} B/score budget; results streamed, not kept)"
+        f"x {case.num_items:,} items (chunks of {chunk_rows(case.num_items, device, 0)} users "
+        f"in blocks of {score.CPU_BLOCK_ROWS} on CPU; results streamed, not kept)"
     ]
 
 
@@ -603,20 +609,24 @@ def ablations(case: Case, args: argparse.Namespace, device: torch.device) -> lis
         with _patched(FactorScorer, "score_block", lambda self, r, out=None: original(self, r)):
             return ours(case, device, torch.float32, n)
 
+    def blocks_of_256():
+        with _patched(score, "CPU_BLOCK_ROWS", 256):
+            return ours(case, device, torch.float32, n)
+
     variants: dict[str, Callable[[], object]] = {
-        f"as shipped (float32, {rows} users per chunk, {args.threads} workers)": lambda: ours(
-            case, device, torch.float32, n
+        f"as shipped (float32, {rows} users per chunk in blocks of {score.CPU_BLOCK_ROWS}, {args.threads} workers)": lambda: (
+            ours(case, device, torch.float32, n)
         ),
         "torch selection (select_top_k_torch) instead of the compiled kernel": torch_selection,
         "a fresh score block per chunk (no out= buffer)": fresh_blocks,
         f"one worker, torch intra-op team of {args.threads} threads": lambda: ours(
             case, device, torch.float32, n, workers=1
         ),
-        "262 users per chunk (the 20 MiB blocks of the previous engine)": lambda: ours(
-            case, device, torch.float32, n, budget=262 * case.num_items * BYTES_PER_SCORE
+        "blocks of 256 users (one product per chunk, as the previous engine's 20 MiB)": (
+            blocks_of_256
         ),
-        "1,024 users per chunk": lambda: ours(
-            case, device, torch.float32, n, budget=1024 * case.num_items * BYTES_PER_SCORE
+        "chunks of 64 users (one block per worker task)": lambda: ours(
+            case, device, torch.float32, n, budget=64 * case.num_items * BYTES_PER_SCORE
         ),
         "bfloat16 products + fp32 check": lambda: ours(case, device, torch.bfloat16, n),
     }
