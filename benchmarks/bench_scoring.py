@@ -55,6 +55,7 @@ from recsys.score import (
     chunk_rows,
     kernel_available,
     resolve_device,
+    scoring_dtype,
     top_n,
 )
 from recsys.warehouse import StagedDatabase
@@ -386,9 +387,15 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict[str, dict[s
         low = torch.bfloat16  # what the engine runs float16 as on CPU
     low_name = str(low).removeprefix("torch.")
     every = {t: f"{t} thread{'s' if t > 1 else ''}" for t in sorted({1, threads})}
+    default = _default_dtype(device)
+    engines = {f"{OURS} (default: {_dtype_name(default)})": default}
+    second = torch.float32 if default != torch.float32 else low
+    engines[f"{OURS} ({_dtype_name(second)})"] = second
     return {
-        f"{OURS} (float32)": {"": lambda c: ours(c, device, torch.float32, n)},
-        f"{OURS} ({low_name} + fp32 check)": {"": lambda c: ours(c, device, low, n)},
+        **{
+            name: {"": lambda c, dtype=dtype: ours(c, device, dtype, n)}
+            for name, dtype in engines.items()
+        },
         "implicit recommend": {
             f"implicit {every[t]}, BLAS {every[b]}": (
                 lambda c, t=t, b=b: implicit_recommend(c, n, t, b)
@@ -459,15 +466,15 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> tupl
                 result.lists = value
             print(f"  round {round_ + 1} {case.shape} {name}: {seconds:.2f} s",
                   file=sys.stderr, flush=True)  # fmt: skip
-    ours_name = f"{OURS} (float32)"
-    ours_s = results[ours_name].best
+    engines = [name for name in results if name.startswith(OURS)]
+    ours_s = results[engines[0]].best
     lines = [
         f"\n#### {case.shape}: {case.num_users:,} users x {case.num_items:,} items, "
         f"d={case.user.shape[1]}, top-{n}, {case.seen.nnz / case.num_users:.1f} seen per user "
         f"({case.pairs / 1e9:.2f} G pairs; best of {rounds} round(s); load average after: "
         f"{_load()})\n",
         "| method (tuned setting) | seconds (best; each round) | CPU s | M pairs/s | "
-        "time / this project's float32 | peak MiB | top-N check |",
+        "time / this project's default | peak MiB | top-N check |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     checks = {}
@@ -485,44 +492,63 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> tupl
         )
     peers = {m: results[m].best for m in PEERS if results[m].seconds}
     fastest = min(peers, key=peers.get) if peers else ""
+    floor = results[FLOOR].best if results[FLOOR].seconds else float("nan")
     summary = {
         "shape": case.shape,
         "size": f"{case.num_users:,} x {case.num_items:,}",
-        "ours": case.pairs / ours_s / 1e6,
         "fastest": fastest,
         "fastest_rate": case.pairs / peers[fastest] / 1e6 if fastest else float("nan"),
-        "vs_peer": peers[fastest] / ours_s if fastest else float("nan"),
-        "vs_gemm": ours_s / results[FLOOR].best if results[FLOOR].seconds else float("nan"),
         "checks": all(v in ("ok", "-") for v in checks.values()),
+        "engines": [],
     }
     lines.append("")
-    if fastest:
-        lines.append(
-            f"- {ours_name}: **{summary['vs_peer']:.2f}x** the throughput of the fastest peer "
-            f"({fastest}, {results[fastest].setting})"
-        )
-    if results[FLOOR].seconds:
-        lines.append(
-            f"- {ours_name}: **{summary['vs_gemm']:.2f}x** the time of the {FLOOR} "
-            f"({results[FLOOR].setting})"
-        )
+    for name in engines:
+        seconds = results[name].best
+        vs_peer = peers[fastest] / seconds if fastest else float("nan")
+        summary["engines"].append((case.pairs / seconds / 1e6, vs_peer, seconds / floor))
+        if fastest:
+            lines.append(
+                f"- {name}: **{vs_peer:.2f}x** the throughput of the fastest peer "
+                f"({fastest}, {results[fastest].setting})"
+            )
+        if results[FLOOR].seconds:
+            lines.append(
+                f"- {name}: **{seconds / floor:.2f}x** the time of the {FLOOR} "
+                f"({results[FLOOR].setting})"
+            )
     return lines, summary
 
 
-def summary_table(rows: list[dict]) -> list[str]:
+def summary_table(rows: list[dict], names: list[str]) -> list[str]:
+    """One line per size and shape: each engine variant against the fastest peer and the
+    bare fp32 GEMM (wall clock, same run)."""
+    head = " | ".join(f"{name}: M pairs/s, x the fastest peer, time / bare fp32 GEMM"
+                      for name in names)  # fmt: skip
     lines = [
-        "\n### Summary: this project's float32 engine against the fastest peer and the bare GEMM\n",
-        "| size | shape | this project M pairs/s | fastest peer | its M pairs/s | "
-        "x the fastest peer | time / bare fp32 GEMM | every list exact |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | --- |",
+        "\n### Summary: this project against the fastest peer and the bare fp32 GEMM\n",
+        f"| size | shape | fastest peer (M pairs/s) | {head} | every list exact |",
+        "| --- | --- | --- |" + " ---: |" * len(names) + " --- |",
     ]
     for r in rows:
+        engines = " | ".join(
+            f"{rate:,.1f}, **{vs_peer:.2f}x**, **{vs_gemm:.2f}x**"
+            for rate, vs_peer, vs_gemm in r["engines"]
+        )
         lines.append(
-            f"| {r['size']} | {r['shape']} | {r['ours']:,.1f} | {r['fastest']} | "
-            f"{r['fastest_rate']:,.1f} | {r['vs_peer']:.2f}x | {r['vs_gemm']:.2f}x | "
-            f"{'yes' if r['checks'] else 'NO'} |"
+            f"| {r['size']} | {r['shape']} | {r['fastest']} ({r['fastest_rate']:,.1f}) | "
+            f"{engines} | {'yes' if r['checks'] else 'NO'} |"
         )
     return lines
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    """What `scoring.dtype = "auto"` (the default) runs on this device."""
+    return scoring_dtype("auto") if device.type == "cpu" else torch.float32
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    return name if dtype == torch.float32 else f"{name} products + fp32 check"
 
 
 def _block_rows(case: Case, device: torch.device) -> int:
@@ -555,15 +581,16 @@ def end_to_end(case: Case, args: argparse.Namespace, device: torch.device) -> li
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "staged.duckdb"
         for _ in range(args.rounds):
-            seconds, _, _, _ = timed(lambda: ours(case, device, torch.float32, args.n))
+            seconds, _, _, _ = timed(lambda: ours(case, device, _default_dtype(device), args.n))
             alone.append(seconds)
             seconds, _, mb, rows = timed(
-                lambda: ours_to_duckdb(case, device, torch.float32, args.n, path)
+                lambda: ours_to_duckdb(case, device, _default_dtype(device), args.n, path)
             )
             e2e.append(seconds)
     ratio = min(e2e) / min(alone)
     return [
-        f"- end to end (score + write {rows:,} rows into a staged DuckDB file, float32, "
+        f"- end to end (score + write {rows:,} rows into a staged DuckDB file, "
+        f"{_dtype_name(_default_dtype(device))}, "
         f"{case.shape} factors): {min(e2e):.2f} s vs scoring alone {min(alone):.2f} s in the "
         f"same run: **{ratio:.2f}x** (rounds: {'/'.join(f'{s:.2f}' for s in e2e)} vs "
         f"{'/'.join(f'{s:.2f}' for s in alone)}; peak {mb:,.0f} MiB)"
@@ -585,7 +612,7 @@ def memory_scaling(case: Case, args: argparse.Namespace, device: torch.device) -
     )
     peaks = []
     for c in (case, double):
-        _, _, mb, _ = timed(lambda c=c: ours(c, device, torch.float32, args.n))
+        _, _, mb, _ = timed(lambda c=c: ours(c, device, _default_dtype(device), args.n))
         peaks.append(mb)
     return [
         f"- memory: the engine's peak above its start is {peaks[0]:,.0f} MiB for "
@@ -599,39 +626,43 @@ def ablations(case: Case, args: argparse.Namespace, device: torch.device) -> lis
     """The engine with one choice undone at a time, interleaved, same data."""
     n = args.n
     rows = chunk_rows(case.num_items, device, 0)
+    default = _default_dtype(device)
+    other = torch.float32 if default != torch.float32 else torch.bfloat16
 
     def torch_selection():
         with _patched(score, "kernel_available", lambda: False):
-            return ours(case, device, torch.float32, n)
+            return ours(case, device, default, n)
 
     def fresh_blocks():
         original = FactorScorer.score_block
         with _patched(FactorScorer, "score_block", lambda self, r, out=None: original(self, r)):
-            return ours(case, device, torch.float32, n)
+            return ours(case, device, default, n)
 
     def blocks_of_256():
         with _patched(score, "CPU_BLOCK_ROWS", 256):
-            return ours(case, device, torch.float32, n)
+            return ours(case, device, default, n)
 
+    shipped = (
+        f"as shipped ({_dtype_name(default)}, {rows} users per chunk in blocks of "
+        f"{score.CPU_BLOCK_ROWS}, {args.threads} workers)"
+    )
     variants: dict[str, Callable[[], object]] = {
-        f"as shipped (float32, {rows} users per chunk in blocks of {score.CPU_BLOCK_ROWS}, {args.threads} workers)": lambda: (
-            ours(case, device, torch.float32, n)
-        ),
+        shipped: lambda: ours(case, device, default, n),
         "torch selection (select_top_k_torch) instead of the compiled kernel": torch_selection,
         "a fresh score block per chunk (no out= buffer)": fresh_blocks,
         f"one worker, torch intra-op team of {args.threads} threads": lambda: ours(
-            case, device, torch.float32, n, workers=1
+            case, device, default, n, workers=1
         ),
         "blocks of 256 users (one product per chunk, as the previous engine's 20 MiB)": (
             blocks_of_256
         ),
         "chunks of 64 users (one block per worker task)": lambda: ours(
-            case, device, torch.float32, n, budget=64 * case.num_items * BYTES_PER_SCORE
+            case, device, default, n, budget=64 * case.num_items * BYTES_PER_SCORE
         ),
-        "bfloat16 products + fp32 check": lambda: ours(case, device, torch.bfloat16, n),
+        _dtype_name(other): lambda: ours(case, device, other, n),
     }
     seconds: dict[str, list[float]] = {name: [] for name in variants}
-    timed(lambda: ours(_subset(case, min(case.num_users, 2000)), device, torch.float32, n))  # warm
+    timed(lambda: ours(_subset(case, min(case.num_users, 2000)), device, default, n))  # warm
     names = list(variants)
     for round_ in range(args.ablation_rounds):
         # rotate the order so no variant always runs first (the load drifts within a round)
@@ -735,7 +766,8 @@ def main() -> None:
                     lines += memory_scaling(case, args, device)
             for line in lines:
                 print(line, flush=True)
-    for line in summary_table(summaries):
+    names = [name for name in settings(args, device) if name.startswith(OURS)]
+    for line in summary_table(summaries, names):
         print(line, flush=True)
     if args.ablation_size:
         ((num_users, num_items),) = parse_sizes(args.ablation_size)

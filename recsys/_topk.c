@@ -464,7 +464,7 @@ static const char *run(const Job *job) {
     int64_t num_groups = 16;
     while (num_groups < 2 * k) num_groups *= 2;
     if (n < 4 * num_groups) num_groups = 0;
-    int64_t capacity = 2 * k > k + 1024 ? 2 * k : k + 1024;
+    int64_t capacity = 2 * k + 64; /* small: a compaction raises the bar past ties early */
     double u = job->roundoff;
     Row state = {malloc(capacity * sizeof(uint64_t)), capacity, 0, k, 0, 0.0f,
                  malloc((num_groups + 1) * sizeof(float)),

@@ -8,6 +8,7 @@ query x key matrix is never materialised.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -15,6 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,13 +49,28 @@ NEG_INF = float("-inf")
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CHOICES = ("auto", *DTYPES)
 
 
 def scoring_dtype(name: str) -> torch.dtype:
-    """The torch dtype of a `scoring.dtype` setting."""
+    """The torch dtype of a `scoring.dtype` setting. `auto`: bfloat16 products (the lists
+    and scores stay the exact fp32 ones: see FactorScorer) where the CPU multiplies bf16
+    natively and no GPU is present, float32 otherwise (GPU figures are not measured yet)."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16() and not torch.cuda.is_available() else torch.float32
     if name not in DTYPES:
-        raise ConfigError(f"scoring.dtype '{name}' unknown (expected one of: {', '.join(DTYPES)})")
+        raise ConfigError(f"scoring.dtype '{name}' unknown (expected one of: {', '.join(CHOICES)})")
     return DTYPES[name]
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AMX or AVX-512 BF16; Linux only)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
 def resolve_device(name: str = "auto") -> torch.device:

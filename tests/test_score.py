@@ -420,3 +420,19 @@ def test_fuzz_ran_its_whole_budget() -> None:
         pytest.skip("the fuzz test did not run in this session")
     print(f"\nfuzzing top_n: {fuzz_counter['examples']} cases tried")
     assert fuzz_counter["examples"] >= FUZZ_EXAMPLES
+
+
+def test_auto_dtype_is_bfloat16_only_on_cpus_with_bf16_instructions_and_no_gpu(monkeypatch):
+    monkeypatch.setattr(score, "native_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert score.scoring_dtype("auto") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert score.scoring_dtype("auto") == torch.float32  # GPU: not measured yet
+    monkeypatch.setattr(score, "native_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert score.scoring_dtype("auto") == torch.float32
+    assert score.scoring_dtype("float16") == torch.float16
+    with pytest.raises(
+        score.ConfigError, match="expected one of: auto, float32, float16, bfloat16"
+    ):
+        score.scoring_dtype("double")
