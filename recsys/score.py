@@ -502,10 +502,35 @@ def select_top_k_torch(
     """`select_top_k` in torch ops (any device), seen keys already -inf: values (B, k),
     key indices (B, k) int64, counts (B,). Empty slots: value -inf, key 0.
 
-    The k-th best value v of each row (torch.topk, NaN first) splits the row: every key
-    above v is listed, and of the keys equal to v, the lowest-indexed ones that fill k; a
-    stable sort of those by value then gives the kernel's order.
+    torch.topk (NaN first) gives the right values; its keys are the kernel's wherever every
+    key tied with the k-th value made the list (the usual case), once sorted by value and
+    then key. Rows where ties at the k-th value cross the cut take `_select_ties`.
     """
+    num_rows = scores.shape[0]
+    if k == 0 or num_rows == 0:
+        return _select_ties(scores, k)
+    top, keys = torch.topk(scores, k, dim=1)  # (B, k)
+    kth = top[:, k - 1 :]  # (B, 1)
+    tied_in_row = (scores == kth).sum(dim=1)
+    tied_in_top = (top == kth).sum(dim=1)
+    # -inf at the cut: the slots past the count are emptied whichever -inf keys filled them;
+    # NaN at the cut (k NaNs): never equal to itself, so left to _select_ties
+    kth = kth.squeeze(1)
+    crossing = ((tied_in_row != tied_in_top) & (kth != NEG_INF)) | kth.isnan()
+    keys, order = torch.sort(keys, dim=1)  # by key, then (stable) by value: the kernel's order
+    top, order = torch.sort(torch.gather(top, 1, order), dim=1, descending=True, stable=True)
+    keys = torch.gather(keys, 1, order)
+    if bool(crossing.any()):
+        rows = torch.nonzero(crossing).squeeze(1)
+        top[rows], keys[rows], _ = _select_ties(scores[rows], k)
+    empty = top == NEG_INF
+    return top, keys.masked_fill_(empty, 0), (~empty).sum(dim=1)
+
+
+def _select_ties(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`select_top_k_torch` for rows whose ties at the k-th value cross the cut: the k-th
+    best value v splits the row; every key above v is listed, and of the keys equal to v,
+    the lowest-indexed ones that fill k; a stable sort of those by value gives the order."""
     num_rows, num_keys = scores.shape
     values = torch.full((num_rows, k), NEG_INF, device=scores.device)
     keys = torch.zeros((num_rows, k), dtype=torch.long, device=scores.device)
