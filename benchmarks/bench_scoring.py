@@ -11,9 +11,9 @@ slice of the users before the timed runs: faiss `IndexFlatIP.search` in chunks o
 the seen items of each chunk dropped, at its best OpenMP thread count; implicit's batched
 `recommend(..., filter_already_liked_items=True)` at its best thread setting (OpenBLAS at
 one thread, as implicit asks, or implicit at one thread); numpy (sgemm, -inf on seen,
-argpartition) at its best chunk size. The floor is the bare fp32 matrix product in the faster
-of two layouts (the engine's blocks on one worker thread per core, or 1,024-user products on
-torch's own thread team).
+argpartition) at its best chunk size. The floor is the bare fp32 matrix product in the fastest
+of three layouts (the engine's blocks or 64-user products on one worker thread per core, or
+1,024-user products on torch's own thread team).
 
 Methods run in interleaved rounds; the tables keep each method's best round (the machine may
 be shared: the load average is printed). Timing is wall clock, with the process CPU seconds
@@ -415,7 +415,10 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict[str, dict[s
         },
         FLOOR: {
             f"engine's blocks, {threads} worker(s)": lambda c: bare_matmul(
-                c, device, torch.float32, _block_rows(c, device), threads
+                c, device, torch.float32, _block_rows(c, device, torch.float32), threads
+            ),
+            f"64-user products, {threads} worker(s)": lambda c: bare_matmul(
+                c, device, torch.float32, 64, threads
             ),
             "1,024-user products, torch's threads": lambda c: bare_matmul(
                 c, device, torch.float32, 1024, 1
@@ -423,7 +426,7 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict[str, dict[s
         },
         f"bare {low_name} GEMM": {
             "engine's blocks": lambda c: bare_matmul(
-                c, device, low, _block_rows(c, device), threads
+                c, device, low, _block_rows(c, device, low), threads
             )
         },
     }
@@ -551,10 +554,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return name if dtype == torch.float32 else f"{name} products + fp32 check"
 
 
-def _block_rows(case: Case, device: torch.device) -> int:
+def _block_rows(case: Case, device: torch.device, dtype: torch.dtype) -> int:
     """Users per matrix product in the engine: CPU chunks are scored in blocks."""
     rows = chunk_rows(case.num_items, device, 0)
-    return min(rows, score.CPU_BLOCK_ROWS) if device.type == "cpu" else rows
+    block = score.cpu_block_rows(case.num_items, dtype)
+    return min(rows, block) if device.type == "cpu" else rows
 
 
 def _low(args: argparse.Namespace) -> str:
@@ -618,7 +622,8 @@ def memory_scaling(case: Case, args: argparse.Namespace, device: torch.device) -
         f"- memory: the engine's peak above its start is {peaks[0]:,.0f} MiB for "
         f"{case.num_users:,} users and {peaks[1]:,.0f} MiB for {2 * case.num_users:,} users "
         f"x {case.num_items:,} items (chunks of {chunk_rows(case.num_items, device, 0)} users "
-        f"in blocks of {score.CPU_BLOCK_ROWS} on CPU; results streamed, not kept)"
+        f"in blocks of {_block_rows(case, device, _default_dtype(device))}; results streamed, "
+        "not kept)"
     ]
 
 
@@ -638,13 +643,13 @@ def ablations(case: Case, args: argparse.Namespace, device: torch.device) -> lis
         with _patched(FactorScorer, "score_block", lambda self, r, out=None: original(self, r)):
             return ours(case, device, default, n)
 
-    def blocks_of_256():
-        with _patched(score, "CPU_BLOCK_ROWS", 256):
+    def blocks_of_64():
+        with _patched(score, "cpu_block_rows", lambda num_keys, dtype: 64):
             return ours(case, device, default, n)
 
     shipped = (
         f"as shipped ({_dtype_name(default)}, {rows} users per chunk in blocks of "
-        f"{score.CPU_BLOCK_ROWS}, {args.threads} workers)"
+        f"{_block_rows(case, device, default)}, {args.threads} workers)"
     )
     variants: dict[str, Callable[[], object]] = {
         shipped: lambda: ours(case, device, default, n),
@@ -653,9 +658,7 @@ def ablations(case: Case, args: argparse.Namespace, device: torch.device) -> lis
         f"one worker, torch intra-op team of {args.threads} threads": lambda: ours(
             case, device, default, n, workers=1
         ),
-        "blocks of 256 users (one product per chunk, as the previous engine's 20 MiB)": (
-            blocks_of_256
-        ),
+        "blocks of 64 users whatever the dtype and catalogue": (blocks_of_64),
         "chunks of 64 users (one block per worker task)": lambda: ours(
             case, device, default, n, budget=64 * case.num_items * BYTES_PER_SCORE
         ),

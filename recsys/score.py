@@ -38,13 +38,21 @@ DEFAULT_CPU_BUDGET = 256 * 2**20
 GPU_BUDGET_FRACTION = 0.4
 # Scratch bytes per score: the block itself plus the dense top-k fallback's working copies.
 BYTES_PER_SCORE = 12
-# CPU: a chunk of 256 queries per worker task, scored in blocks of 64. MKL's fp32 product
-# with d = 64 runs about twice as fast per query at 64 as at 256 (whose 20 MiB blocks spill
-# the cache) and much slower below 32; the selection reads each block right after its
-# product; the larger chunk spreads each task's Python overhead. benchmarks/RESULTS.md's
-# ablation compares other sizes.
-CPU_BLOCK_ROWS = 64
+# CPU: a chunk of 256 queries per worker task, scored in blocks of about 10 MiB (64 to 256
+# queries): the product fills a block, then the selection reads it back. Measured here
+# (benchmarks/RESULTS.md): MKL's fp32 product with d = 64 is fastest at 64-128 queries and
+# much slower at 256+ (20 MiB blocks spill the cache) or below 32; oneDNN's bf16 product
+# wants 128-256; the chunk spreads each task's Python overhead over several blocks.
 CPU_CHUNK_ROWS = 256
+CPU_BLOCK_BYTES = 10 * 2**20
+
+
+def cpu_block_rows(num_keys: int, dtype: torch.dtype) -> int:
+    """Queries per product on CPU: a block of about CPU_BLOCK_BYTES, 64 to 256 queries."""
+    rows = CPU_BLOCK_BYTES // (max(num_keys, 1) * torch.finfo(dtype).bits // 8)
+    return max(64, min(256, rows))
+
+
 NEG_INF = float("-inf")
 
 
@@ -374,8 +382,9 @@ class _ChunkScorer:
         max_rows: int,
     ) -> None:
         self.scorer, self.k, self.device = scorer, k, device
-        # CPU: each chunk in blocks of CPU_BLOCK_ROWS (product, then selection, per block)
-        self.block_rows = max_rows if device.type != "cpu" else min(max_rows, CPU_BLOCK_ROWS)
+        # CPU: each chunk in blocks (product, then selection, per block)
+        block = cpu_block_rows(scorer.num_keys, scorer.block_dtype())
+        self.block_rows = max_rows if device.type != "cpu" else min(max_rows, block)
         self.seen = _SeenOnDevice(seen, device) if seen is not None else None
         self.local = threading.local()
 

@@ -187,7 +187,11 @@ def test_stopping_early_with_workers_does_not_hang() -> None:
 def test_chunk_rows_follows_budget() -> None:
     assert chunk_rows(1000, torch.device("cpu"), 1000 * BYTES_PER_SCORE * 7) == 7
     assert chunk_rows(1000, torch.device("cpu"), 1) == 1
-    assert chunk_rows(20_000, torch.device("cpu")) == score.CPU_CHUNK_ROWS  # in blocks of 64
+    assert chunk_rows(20_000, torch.device("cpu")) == score.CPU_CHUNK_ROWS
+    # blocks of about CPU_BLOCK_BYTES, 64 to 256 queries
+    assert score.cpu_block_rows(20_000, torch.float32) * 20_000 * 4 <= score.CPU_BLOCK_BYTES
+    assert score.cpu_block_rows(20_000, torch.bfloat16) == 256
+    assert score.cpu_block_rows(10**6, torch.float32) == 64
     # a huge catalogue: the memory budget, not the row count, sets the chunk
     assert chunk_rows(10**7, torch.device("cpu")) == max(
         1, score.DEFAULT_CPU_BUDGET // (10**7 * BYTES_PER_SCORE)
