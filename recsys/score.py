@@ -385,7 +385,7 @@ class _ChunkScorer:
         # CPU: each chunk in blocks (product, then selection, per block)
         block = cpu_block_rows(scorer.num_keys, scorer.block_dtype())
         self.block_rows = max_rows if device.type != "cpu" else min(max_rows, block)
-        self.seen = _SeenOnDevice(seen, device) if seen is not None else None
+        self.seen = _SeenOnDevice(seen, device, scorer.num_keys) if seen is not None else None
         self.local = threading.local()
 
     def __call__(self, block: np.ndarray, single_thread: bool = False) -> TopN:
@@ -646,12 +646,15 @@ class _SeenOnDevice:
     """The seen CSR for one `top_n` run: host arrays for the compiled kernel, and on first
     use by the torch path, device tensors that mask a chunk's scores in place."""
 
-    def __init__(self, seen: SeenMatrix, device: torch.device) -> None:
+    def __init__(self, seen: SeenMatrix, device: torch.device, num_keys: int) -> None:
         self.indptr_np = np.ascontiguousarray(seen.indptr, dtype=np.int64)
         self.indices_np = np.ascontiguousarray(seen.indices, dtype=np.int32)
-        indptr = self.indptr_np
+        indptr, indices = self.indptr_np, self.indices_np
+        # an index past the row would mask the next row's key in the flat torch mask
+        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= num_keys):
+            raise ValueError(f"seen key index out of range (expected 0 to {num_keys - 1})")
         rising = len(indptr) > 0 and indptr[0] >= 0 and bool((np.diff(indptr) >= 0).all())
-        if not rising or indptr[-1] > len(self.indices_np):  # the kernel trusts these bounds
+        if not rising or indptr[-1] > len(indices):  # the kernel trusts these bounds
             raise ValueError("seen matrix: indptr must rise from >= 0 to <= len(indices)")
         self.device = device
         self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None
