@@ -11,7 +11,8 @@ BENCH_ARGS ?=
 
 install: $(BIN)/recsys
 
-$(BIN)/recsys: pyproject.toml constraints.txt
+# setup.py compiles recsys/_topk.c (the scoring engine's top-k selection) into the package.
+$(BIN)/recsys: pyproject.toml setup.py recsys/_topk.c constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	PIP_CONSTRAINT=constraints.txt $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@

@@ -135,8 +135,9 @@ class ScoringConfig:
     # Bytes of scratch memory for one chunk of scores; 0 = derived from free device memory.
     memory_budget_bytes: int = 0
     device: str = "auto"
-    # float32, or float16/bfloat16 for the product (fp32 accumulation, GPU only).
-    dtype: str = "float32"
+    # auto, float32, or bfloat16/float16 for the product, with the candidates rescored in
+    # fp32 (exact fp32 lists); auto = bfloat16 on CPUs with bf16 instructions, else float32.
+    dtype: str = "auto"
     similar_items_n: int = 20
 
 

@@ -1,19 +1,22 @@
 """The scoring engine: every query (user) against every key (item) in chunks, top-N on device.
 
-Per chunk: one dense score block (B, I) into a reused buffer, seen items set to -inf through a
-flat `index_fill_`, an exact threshold selection of the top-N (`select_candidates`), and one
-copy of (B, N) int32/float32 to the host. The full query x key matrix is never materialised.
+Per chunk: one dense score block (B, I) into a reused buffer, then seen items excluded and the
+exact top-N selected in one compiled pass per row on CPU (recsys/_topk.c), or in torch ops
+(`select_top_k_torch`: the same lists, on CUDA or without the compiled kernel). The full
+query x key matrix is never materialised.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,27 +25,60 @@ from recsys.errors import ConfigError
 from recsys.models.base import Factors, Recommender
 from recsys.progress import Progress
 
+try:  # built by `make install` (setup.py); optional: the torch selection gives the same lists
+    from recsys import _topk
+except ImportError:
+    _topk = None
+
 log = logging.getLogger(__name__)
+
+TOPK_ABI = 2  # the calling convention recsys/_topk.c implements (its TOPK_ABI)
 
 DEFAULT_CPU_BUDGET = 256 * 2**20
 GPU_BUDGET_FRACTION = 0.4
 # Scratch bytes per score: the block itself plus the dense top-k fallback's working copies.
 BYTES_PER_SCORE = 12
-# CPU chunks are capped so each worker's fp32 score block stays near the last-level cache
-# between the product and the selection, yet amortises per-operation overhead (~260 users at
-# 20,000 items). benchmarks/RESULTS.md's ablation compares 64 and 1,024 users per chunk.
-CPU_BLOCK_BYTES = 20 * 2**20
+# CPU: a chunk of 256 queries per worker task, scored in blocks of about 10 MiB (64 to 256
+# queries): the product fills a block, then the selection reads it back. Measured here
+# (benchmarks/RESULTS.md): MKL's fp32 product with d = 64 is fastest at 64-128 queries and
+# much slower at 256+ (20 MiB blocks spill the cache) or below 32; oneDNN's bf16 product
+# wants 128-256; the chunk spreads each task's Python overhead over several blocks.
+CPU_CHUNK_ROWS = 256
+CPU_BLOCK_BYTES = 10 * 2**20
+
+
+def cpu_block_rows(num_keys: int, dtype: torch.dtype) -> int:
+    """Queries per product on CPU: a block of about CPU_BLOCK_BYTES, 64 to 256 queries."""
+    rows = CPU_BLOCK_BYTES // (max(num_keys, 1) * torch.finfo(dtype).bits // 8)
+    return max(64, min(256, rows))
+
+
 NEG_INF = float("-inf")
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CHOICES = ("auto", *DTYPES)
 
 
 def scoring_dtype(name: str) -> torch.dtype:
-    """The torch dtype of a `scoring.dtype` setting."""
+    """The torch dtype of a `scoring.dtype` setting. `auto`: bfloat16 products (the lists
+    and scores stay the exact fp32 ones: see FactorScorer) where the CPU multiplies bf16
+    natively and no GPU is present, float32 otherwise (GPU figures are not measured yet)."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16() and not torch.cuda.is_available() else torch.float32
     if name not in DTYPES:
-        raise ConfigError(f"scoring.dtype '{name}' unknown (expected one of: {', '.join(DTYPES)})")
+        raise ConfigError(f"scoring.dtype '{name}' unknown (expected one of: {', '.join(CHOICES)})")
     return DTYPES[name]
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AMX or AVX-512 BF16; Linux only)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -62,15 +98,15 @@ def chunk_rows(
     bytes_per_score: int = BYTES_PER_SCORE,
 ) -> int:
     """Queries per chunk so that one chunk's scratch (`bytes_per_score` per query-key pair)
-    fits `budget_bytes` (0 = automatic: a fraction of free device memory on CUDA, a
-    cache-sized block on CPU)."""
+    fits `budget_bytes` (0 = automatic: a fraction of free device memory on CUDA,
+    `CPU_CHUNK_ROWS` queries on CPU within `DEFAULT_CPU_BUDGET`)."""
     if budget_bytes <= 0:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             budget_bytes = int(free * GPU_BUDGET_FRACTION)
         else:
             rows = DEFAULT_CPU_BUDGET // (max(num_keys, 1) * bytes_per_score)
-            return max(1, min(rows, max(64, CPU_BLOCK_BYTES // (4 * max(num_keys, 1)))))
+            return max(1, min(rows, CPU_CHUNK_ROWS))
     return max(1, budget_bytes // (max(num_keys, 1) * bytes_per_score))
 
 
@@ -132,8 +168,9 @@ class FactorScorer(BlockScorer):
 
     In half precision (`dtype` bfloat16, or float16 on CUDA) the block is approximate; every
     score is within `error_bound(rows)` of the fp32 one (a rounding-error bound, below), so
-    the selection keeps every key that could be in the exact top-N and `rescore` recomputes
-    those few in fp32. The result is the fp32 top-N, not an approximation of it.
+    the selection keeps every key that could be in the exact top-N (`certified_cut`) and
+    rescores those few in fp32 from the factors (`rescore_torch`, or the compiled kernel's
+    same steps). The result is the fp32 top-N, not an approximation of it.
     """
 
     def __init__(
@@ -173,12 +210,6 @@ class FactorScorer(BlockScorer):
         """fp32 scores (B, K) for rows whose candidates could not be narrowed down."""
         return self.query32[rows] @ self.key32.T
 
-    def rescore(self, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """fp32 scores of the given keys: rows (B,), keys (B, C) -> (B, C)."""
-        vectors = self.key32.index_select(0, keys.reshape(-1)).view(*keys.shape, -1)  # (B, C, D)
-        # multiply-and-sum beats bmm's batched matrix-vector products ~2x on CPU
-        return (vectors * self.query32[rows].unsqueeze(1)).sum(dim=2)
-
     def error_bound(self, rows: torch.Tensor) -> torch.Tensor:
         """(B,) absolute bound on |block score - fp32 score|, before the block's own rounding."""
         return self._bound[rows]
@@ -200,7 +231,7 @@ def _error_bound(
     included): q.k - q~.k~ = dq.k~ + q~.dk + dq.dk, bounded by Cauchy-Schwarz with the
     largest key norms; the fp32 sums of the block and of the rescoring (and the reference)
     each add at most gamma_D sum|q_d k_d| <= gamma_D |q| |k|. The block's own final rounding
-    is accounted for in `select_candidates`. Inflated by 1% for this computation's rounding.
+    is accounted for in `certified_cut`. Inflated by 1% for this computation's rounding.
     `accumulate`: the block's summation precision when it may not be fp32.
     """
     dim = query.shape[1]
@@ -356,8 +387,11 @@ class _ChunkScorer:
         device: torch.device,
         max_rows: int,
     ) -> None:
-        self.scorer, self.k, self.device, self.max_rows = scorer, k, device, max_rows
-        self.seen = _SeenOnDevice(seen, device) if seen is not None else None
+        self.scorer, self.k, self.device = scorer, k, device
+        # CPU: each chunk in blocks (product, then selection, per block)
+        block = cpu_block_rows(scorer.num_keys, scorer.block_dtype())
+        self.block_rows = max_rows if device.type != "cpu" else min(max_rows, block)
+        self.seen = _SeenOnDevice(seen, device, scorer.num_keys) if seen is not None else None
         self.local = threading.local()
 
     def __call__(self, block: np.ndarray, single_thread: bool = False) -> TopN:
@@ -368,20 +402,21 @@ class _ChunkScorer:
             # CUDA's caching allocator reuses blocks by itself.
             self.local.buffer = None
             if self.device.type == "cpu":
-                self.local.buffer = torch.empty((self.max_rows, self.scorer.num_keys),
+                self.local.buffer = torch.empty((self.block_rows, self.scorer.num_keys),
                                                 dtype=self.scorer.block_dtype())  # fmt: skip
         buffer = self.local.buffer
+        parts = []
         with torch.no_grad():
-            rows = torch.from_numpy(block).to(self.device)
-            mask = self.seen.mask_ if self.seen is not None else None
-            out = buffer[: len(block)] if buffer is not None else None
-            values, idx = _chunk_top_k(self.scorer, rows, block, self.k, out, mask)
-            values_np = values.cpu().numpy()
-        counts = np.isfinite(values_np).sum(axis=1) if self.k else np.zeros(len(block))
-        return TopN(block, idx.to(torch.int32).cpu().numpy(), values_np, counts.astype(np.int64))
-
-
-Mask = Callable[[torch.Tensor, np.ndarray, torch.Tensor], None]
+            for start in range(0, len(block), self.block_rows):
+                queries = block[start : start + self.block_rows]
+                rows = torch.from_numpy(queries).to(self.device)
+                out = buffer[: len(queries)] if buffer is not None else None
+                parts.append(_chunk_top_k(self.scorer, rows, queries, self.k, out, self.seen))
+        if len(parts) == 1:
+            values, keys, counts = parts[0]
+        else:
+            values, keys, counts = (np.concatenate(part) for part in zip(*parts, strict=True))
+        return TopN(block, keys, values, counts)
 
 
 def _chunk_top_k(
@@ -390,178 +425,273 @@ def _chunk_top_k(
     block: np.ndarray,
     k: int,
     out: torch.Tensor | None,
-    mask: Mask | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k (values (B, k) fp32 sorted, key indices (B, k)) of one chunk."""
+    seen: _SeenOnDevice | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k of one chunk on the host: values (B, k) fp32 best first, key indices
+    (B, k) int32, counts (B,) int64."""
     approximate = isinstance(scorer, FactorScorer) and scorer.approximate
-    if approximate and group_sizes(scorer.num_keys, k) is None:
-        # small catalogue: no shortcut to rescore candidates from, so score in fp32 directly
-        scores = scorer.score_exact(rows)
-        if mask is not None:
-            mask(scores, block, rows)
-        values, idx = torch.topk(scores, k, dim=1, sorted=True)
-        return values, idx
     scores = scorer.score_block(rows, out)  # (B, K)
-    if mask is not None:
-        mask(scores, block, rows)
-    slack = scorer.error_bound(rows) if approximate else None
-    roundoff = scorer.output_roundoff() if approximate else 0.0
-    found = select_candidates(scores, k, slack, roundoff)
-    if found is None:  # catalogue too small for the shortcut: dense top-k (fp32 here)
-        values, idx = torch.topk(scores, k, dim=1, sorted=True)
-        return values.float(), idx
-    keys, cand, ok = found  # (B, C), (B, C), (B,)
-    if approximate:
-        keys, cand = _rescore(scorer, rows, keys, cand, k, slack, roundoff)
-    values, pos = torch.topk(cand, k, dim=1, sorted=True)  # (B, k)
-    idx = torch.gather(keys, 1, pos)
-    if not bool(ok.all()):  # rows with too few finite scores, or a loose bound: dense, exact
-        bad = torch.nonzero(~ok).squeeze(1)
-        dense = scorer.score_exact(rows[bad]) if approximate else scores[bad]
-        if approximate and mask is not None:
-            mask(dense, block[bad.cpu().numpy()], rows[bad])
-        values[bad], idx[bad] = torch.topk(dense.float(), k, dim=1, sorted=True)
-    return values, idx
+    if not approximate:
+        return select_top_k(scores, k, seen, block, rows)
+    return select_certified(scorer, scores, k, seen, block, rows)
 
 
-def _rescore(
-    scorer: FactorScorer,
+def kernel_available() -> bool:
+    """Whether the compiled selection (recsys/_topk.c, built by `make install`) is loaded."""
+    return _topk is not None and getattr(_topk, "ABI", None) == TOPK_ABI
+
+
+_told_fallback = threading.Event()
+
+
+def select_top_k(
+    scores: torch.Tensor,
+    k: int,
+    seen: _SeenOnDevice | None,
+    block: np.ndarray,
     rows: torch.Tensor,
-    keys: torch.Tensor,
-    approx: torch.Tensor,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's `k` best keys of a score block (B, K), seen keys of the row's query left
+    out: values (B, k) fp32, key indices (B, k) int32, counts (B,) int64 (valid slots).
+
+    Best first; NaN ranks above +inf, ties go to the lower key index, -inf scores (seen or
+    blocked keys) are never listed. The block is scratch: seen keys are set to -inf in it.
+    The compiled kernel on CPU, else `select_top_k_torch`; the lists are the same.
+    """
+    use_kernel = scores.device.type == "cpu" and scores.dtype == torch.float32
+    if use_kernel and kernel_available():
+        return _select_compiled(scores, k, seen, block)
+    if use_kernel and not _told_fallback.is_set():
+        _told_fallback.set()
+        log.info("scoring: compiled top-k selection not built (make install builds it); "
+                 "using the torch selection (same lists, slower)")  # fmt: skip
+    if seen is not None:
+        seen.mask_(scores, block, rows)
+    values, keys, counts = select_top_k_torch(scores.float(), k)
+    return values.cpu().numpy(), keys.to(torch.int32).cpu().numpy(), counts.cpu().numpy()
+
+
+def _select_compiled(
+    scores: torch.Tensor,
+    k: int,
+    seen: _SeenOnDevice | None,
+    block: np.ndarray,
+    certified: tuple[torch.Tensor, float, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The compiled kernel on a CPU block: exact mode, or with `certified` = (slack (B,),
+    roundoff, query (B, D), key (K, D)) the certified mode of `select_certified`."""
+    num_rows, num_keys = scores.shape
+    scores = scores.contiguous()
+    values = np.empty((num_rows, k), np.float32)
+    keys = np.empty((num_rows, k), np.int32)
+    counts = np.empty(num_rows, np.int64)
+    queries = np.ascontiguousarray(block, np.int64)
+    if seen is None:
+        num_queries, indptr_at, indices_at = 0, 0, 0
+    else:
+        num_queries = len(seen.indptr_np) - 1
+        indptr_at, indices_at = seen.indptr_np.ctypes.data, seen.indices_np.ctypes.data
+    # the kernel reads and writes these addresses with the GIL released; every array and
+    # tensor is held by a local name until it returns
+    head = (scores.data_ptr(), num_rows, num_keys, num_keys, k, queries.ctypes.data,
+            num_queries, indptr_at, indices_at)  # fmt: skip
+    tail = (values.ctypes.data, keys.ctypes.data, counts.ctypes.data)
+    if certified is None:
+        _topk.select(*head, *tail)
+        return values, keys, counts
+    slack, roundoff, query, key = (
+        certified[0].contiguous(),
+        certified[1],
+        certified[2].contiguous(),
+        certified[3].contiguous(),
+    )
+    bf16 = int(scores.dtype == torch.bfloat16)
+    _topk.select_certified(head[0], bf16, *head[1:], slack.data_ptr(), roundoff,
+                           query.data_ptr(), key.data_ptr(), query.shape[1], *tail)  # fmt: skip
+    return values, keys, counts
+
+
+def select_top_k_torch(
+    scores: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`select_top_k` in torch ops (any device), seen keys already -inf: values (B, k),
+    key indices (B, k) int64, counts (B,). Empty slots: value -inf, key 0.
+
+    torch.topk (NaN first) gives the right values; its keys are the kernel's wherever every
+    key tied with the k-th value made the list (the usual case), once sorted by value and
+    then key. Rows where ties at the k-th value cross the cut take `_select_ties`.
+    """
+    num_rows = scores.shape[0]
+    if k == 0 or num_rows == 0:
+        return _select_ties(scores, k)
+    top, keys = torch.topk(scores, k, dim=1)  # (B, k)
+    kth = top[:, k - 1 :]  # (B, 1)
+    tied_in_row = (scores == kth).sum(dim=1)
+    tied_in_top = (top == kth).sum(dim=1)
+    # -inf at the cut: the slots past the count are emptied whichever -inf keys filled them;
+    # NaN at the cut (k NaNs): never equal to itself, so left to _select_ties
+    kth = kth.squeeze(1)
+    crossing = ((tied_in_row != tied_in_top) & (kth != NEG_INF)) | kth.isnan()
+    keys, order = torch.sort(keys, dim=1)  # by key, then (stable) by value: the kernel's order
+    top, order = torch.sort(torch.gather(top, 1, order), dim=1, descending=True, stable=True)
+    keys = torch.gather(keys, 1, order)
+    if bool(crossing.any()):
+        rows = torch.nonzero(crossing).squeeze(1)
+        top[rows], keys[rows], _ = _select_ties(scores[rows], k)
+    empty = top == NEG_INF
+    return top, keys.masked_fill_(empty, 0), (~empty).sum(dim=1)
+
+
+def _select_ties(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`select_top_k_torch` for rows whose ties at the k-th value cross the cut: the k-th
+    best value v splits the row; every key above v is listed, and of the keys equal to v,
+    the lowest-indexed ones that fill k; a stable sort of those by value gives the order."""
+    num_rows, num_keys = scores.shape
+    values = torch.full((num_rows, k), NEG_INF, device=scores.device)
+    keys = torch.zeros((num_rows, k), dtype=torch.long, device=scores.device)
+    if k == 0 or num_rows == 0:
+        return values, keys, torch.zeros(num_rows, dtype=torch.long, device=scores.device)
+    kth = torch.topk(scores, k, dim=1).values[:, k - 1 :]  # (B, 1); NaN ranks first
+    nan, kth_nan = scores.isnan(), kth.isnan()
+    above = (scores > kth) | (nan & ~kth_nan)  # (B, K)
+    tied = (scores == kth) | (nan & kth_nan)
+    wanted = k - above.sum(dim=1, keepdim=True)
+    keep = above | (tied & (torch.cumsum(tied, dim=1, dtype=torch.int32) <= wanted))
+    keep &= scores != NEG_INF
+    counts = keep.sum(dim=1)  # (B,)
+    rows, cols = torch.nonzero(keep, as_tuple=True)  # row-major: each row's keys ascending
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(rows.numel(), device=scores.device) - starts[rows]
+    keys[rows, slot] = cols
+    values[rows, slot] = scores[rows, cols]
+    values, order = torch.sort(values, dim=1, descending=True, stable=True)
+    return values, torch.gather(keys, 1, order), counts
+
+
+def certified_cut(kth: torch.Tensor, slack: torch.Tensor, roundoff: float) -> torch.Tensor:
+    """(B,) the lowest block score that can still reach the fp32 top-k, given each row's
+    k-th block score (B,): k keys have block scores >= t, which stand for unrounded ones
+    >= t - roundoff |t| / (1 - roundoff) and fp32 scores >= that - slack, so the fp32 k-th
+    is too; a key can reach it only if its block score is >= that - 2 slack (rounding is
+    monotone). The kernel takes the same fp32 steps."""
+    return kth - roundoff * kth.abs() / (1 - roundoff) - 2 * slack
+
+
+def rescore_torch(query: torch.Tensor, key: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """fp32 scores of the keys `cols` (B, C) for the queries (B, D), in the compiled kernel's
+    order of operations (so both give the same bits): lane j of 16 sums q[i] * k[i] over
+    i = j, j + 16, ... in order, then the lanes fold in halves (8, 4, 2, 1)."""
+    num_rows, width = cols.shape
+    dim = query.shape[1]
+    vectors = key.index_select(0, cols.reshape(-1)).view(num_rows, width, dim)  # (B, C, D)
+    lanes = torch.zeros((num_rows, width, 16), device=query.device)
+    for start in range(0, dim, 16):
+        stop = min(start + 16, dim)
+        products = vectors[:, :, start:stop] * query[:, None, start:stop]  # (B, C, <=16)
+        lanes[:, :, : stop - start] = lanes[:, :, : stop - start] + products
+    for half in (8, 4, 2, 1):
+        lanes = lanes[:, :, :half] + lanes[:, :, half : 2 * half]
+    return lanes[:, :, 0]
+
+
+def select_certified(
+    scorer: FactorScorer,
+    scores: torch.Tensor,
+    k: int,
+    seen: _SeenOnDevice | None,
+    block: np.ndarray,
+    rows: torch.Tensor,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`select_top_k` for a half-precision block: every key whose block score reaches the
+    row's `certified_cut` is rescored in fp32 from the factors, and the k best of those are
+    listed (their fp32 scores, in the order of `select_top_k`)."""
+    slack = scorer.error_bound(rows).float()  # (B,)
+    roundoff = scorer.output_roundoff()
+    query = scorer.query32.index_select(0, rows)  # (B, D)
+    usable = scores.dtype in (torch.float32, torch.bfloat16)
+    if scores.device.type == "cpu" and usable and kernel_available():
+        return _select_compiled(scores, k, seen, block, (slack, roundoff, query, scorer.key32))
+    if seen is not None:
+        seen.mask_(scores, block, rows)
+    values, keys, counts = select_certified_torch(scores, k, slack, roundoff, query, scorer.key32)
+    return values.cpu().numpy(), keys.to(torch.int32).cpu().numpy(), counts.cpu().numpy()
+
+
+def select_certified_torch(
+    scores: torch.Tensor,
     k: int,
     slack: torch.Tensor,
     roundoff: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 scores of the candidates that can still make the top-k: (B, C) -> (B, C')."""
-    approx, order = torch.sort(approx, dim=1, descending=True)  # (B, C)
-    # The candidates' own k-th value is a tighter lower bound than select_candidates' cut.
-    kth = approx[:, k - 1].float()
-    cut = kth - roundoff * kth.abs() / (1 - roundoff) - 2 * slack  # (B,)
-    reach = (approx.float() >= cut.unsqueeze(1)).sum(dim=1)  # a prefix of each sorted row
-    reach.masked_fill_(~torch.isfinite(kth), 0)  # rows left to the dense path: nothing
-    width = max(int(reach.max()), k)
-    keys = torch.gather(keys, 1, order[:, :width])
-    exact = scorer.rescore(rows, keys)  # (B, C')
-    beyond = torch.arange(width, device=keys.device).unsqueeze(0) >= reach.unsqueeze(1)
-    return keys, exact.masked_fill_(beyond | (approx[:, :width] == NEG_INF), NEG_INF)
-
-
-def group_sizes(num_keys: int, k: int) -> tuple[int, int] | None:
-    """Group sizes (g1, g2) for `select_candidates`, or None when a dense top-k is as cheap."""
-    g1 = 8
-    g2 = num_keys // (g1 * 3 * k) if k else 0
-    return (g1, min(g2, 64)) if g2 >= 2 else None
-
-
-def select_candidates(
-    scores: torch.Tensor, k: int, slack: torch.Tensor | None = None, roundoff: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Every key of each row that can be in the row's top-k, found with cheap passes.
-
-    Keys split into G1 = I // g1 strided groups (key j in group j mod G1); groups into G2
-    strided super-groups. t = the k-th largest super-group maximum is a lower bound of the k-th
-    largest score (k distinct keys reach it), so the top-k lies among keys >= t, in groups whose
-    maximum is >= t: about k of them. Only those groups are gathered. With approximate scores
-    (within `slack` (B,) of the exact ones, then rounded with relative `roundoff`), the cut is
-    lowered to cover every key whose exact score can reach the exact k-th (see below).
-
-    Returns key indices (B, C) and their scores (B, C) (padding: index 0, score -inf) and
-    `ok` (B,): False for rows left to the caller (fewer than k finite scores, or too many
-    candidates). None when the catalogue is too small for this to pay off.
-    """
-    num_rows, num_keys = scores.shape
-    sizes = group_sizes(num_keys, k)
-    if sizes is None or num_rows == 0:
-        return None
-    g1, g2 = sizes
-    num_groups = num_keys // g1
-    covered = num_groups * g1  # keys past it (< g1) are candidates by themselves
-    group_max = torch.amax(scores[:, :covered].view(num_rows, g1, num_groups), dim=1)  # (B, G1)
-    num_super = num_groups // g2
-    super_max = torch.amax(
-        group_max[:, : num_super * g2].view(num_rows, g2, num_super), dim=1
-    )  # (B, G2); groups past num_super * g2 only make t lower, never wrong
-    cut = torch.topk(super_max, k, dim=1, sorted=False).values.amin(dim=1).float()  # (B,)
-    if slack is not None:
-        # A block value t stands for an unrounded one >= t - roundoff |t| / (1 - roundoff);
-        # k keys have exact scores >= that - slack, so the exact k-th is too; a key can reach
-        # it only if its unrounded value is >= that - 2 slack, and rounding is monotone.
-        cut = cut - roundoff * cut.abs() / (1 - roundoff) - 2 * slack
-    ok = torch.isfinite(cut)
-    cut = cut.to(scores.dtype).unsqueeze(1)  # (B, 1)
-    in_groups = group_max >= cut  # (B, G1)
-    ok &= in_groups.sum(dim=1) * g1 <= max(num_keys // 4, 4 * k)  # else dense is cheaper
-    all_ok = bool(ok.all())
-    if not all_ok:
-        in_groups &= ok.unsqueeze(1)
-    groups = _compact(in_groups, pad=0)  # (B, C1) group ids
-    offsets = torch.arange(g1, device=scores.device) * num_groups  # (g1,)
-    keys = (groups.unsqueeze(2) + offsets).view(num_rows, -1)  # (B, C1 * g1)
-    values = torch.gather(scores, 1, keys)
-    padding = _compact_padding(in_groups, groups.shape[1])  # (B, C1) True where padded
-    values.view(num_rows, -1, g1).masked_fill_(padding.unsqueeze(2), NEG_INF)
-    if covered < num_keys:
-        tail = torch.arange(covered, num_keys, device=scores.device)
-        keys = torch.cat([keys, tail.expand(num_rows, -1)], dim=1)
-        values = torch.cat([values, scores[:, covered:]], dim=1)
-    keep = values >= cut  # (B, C1 * g1 [+ tail])
-    if not all_ok:
-        keep &= ok.unsqueeze(1)
-    pick = _compact(keep, pad=-1)  # (B, C2) positions, -1 = padding
-    width = max(pick.shape[1], k)
-    if width > pick.shape[1]:
-        pick = torch.cat([pick, pick.new_full((num_rows, width - pick.shape[1]), -1)], dim=1)
-    padded = pick < 0
-    pick = pick.clamp_(min=0)
-    out_keys = torch.gather(keys, 1, pick).masked_fill_(padded, 0)
-    out_values = torch.gather(values, 1, pick).masked_fill_(padded, NEG_INF)
-    return out_keys, out_values, ok
-
-
-def _compact(mask: torch.Tensor, pad: int) -> torch.Tensor:
-    """Column indices of each row's True entries, in order, padded with `pad`: (B, W) ->
-    (B, C) with C the largest count in the block."""
-    rows, cols = torch.nonzero(mask, as_tuple=True)  # row-major order
-    counts = torch.bincount(rows, minlength=mask.shape[0])
-    width = int(counts.max()) if rows.numel() else 0
-    starts = torch.cumsum(counts, 0) - counts
-    position = torch.arange(rows.numel(), device=mask.device) - starts[rows]
-    out = torch.full((mask.shape[0], width), pad, dtype=torch.long, device=mask.device)
-    out[rows, position] = cols
-    return out
-
-
-def _compact_padding(mask: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, width) True where `_compact(mask)` padded."""
-    counts = mask.sum(dim=1, keepdim=True)
-    return torch.arange(width, device=mask.device).unsqueeze(0) >= counts
+    query: torch.Tensor,
+    key: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`select_certified` in torch ops, seen keys already -inf: values (B, k), keys (B, k)
+    int64, counts (B,)."""
+    num_rows = scores.shape[0]
+    values = scores.float()  # (B, K)
+    if k == 0 or num_rows == 0:
+        return select_top_k_torch(values, k)
+    kth = torch.topk(values, k, dim=1).values[:, k - 1]  # (B,)
+    candidate = (values >= certified_cut(kth, slack, roundoff).unsqueeze(1)) & (values != NEG_INF)
+    counts = candidate.sum(dim=1)
+    width = max(int(counts.max()), k)
+    rows, cols = torch.nonzero(candidate, as_tuple=True)  # each row's keys ascending
+    slot = (
+        torch.arange(rows.numel(), device=values.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    )
+    keys = torch.zeros((num_rows, width), dtype=torch.long, device=values.device)
+    keys[rows, slot] = cols
+    exact = rescore_torch(query, key, keys)  # (B, W)
+    exact.masked_fill_(torch.arange(width, device=values.device) >= counts.unsqueeze(1), NEG_INF)
+    top, position, counts = select_top_k_torch(exact, k)  # ties: lower slot = lower key
+    keys = torch.gather(keys, 1, position).masked_fill_(top == NEG_INF, 0)
+    return top, keys, counts
 
 
 class _SeenOnDevice:
-    """The seen CSR on the scoring device, masking a chunk's scores in place."""
+    """The seen CSR for one `top_n` run: host arrays for the compiled kernel, and on first
+    use by the torch path, device tensors that mask a chunk's scores in place."""
 
-    def __init__(self, seen: SeenMatrix, device: torch.device) -> None:
-        self.indptr_np = seen.indptr
-        self.indptr = torch.from_numpy(seen.indptr).to(device)
-        self.indices = torch.from_numpy(seen.indices.astype(np.int64)).to(device)
+    def __init__(self, seen: SeenMatrix, device: torch.device, num_keys: int) -> None:
+        self.indptr_np = np.ascontiguousarray(seen.indptr, dtype=np.int64)
+        self.indices_np = np.ascontiguousarray(seen.indices, dtype=np.int32)
+        indptr, indices = self.indptr_np, self.indices_np
+        # an index past the row would mask the next row's key in the flat torch mask
+        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= num_keys):
+            raise ValueError(f"seen key index out of range (expected 0 to {num_keys - 1})")
+        rising = len(indptr) > 0 and indptr[0] >= 0 and bool((np.diff(indptr) >= 0).all())
+        if not rising or indptr[-1] > len(indices):  # the kernel trusts these bounds
+            raise ValueError("seen matrix: indptr must rise from >= 0 to <= len(indices)")
+        self.device = device
+        self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._lock = threading.Lock()
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._lock:
+            if self._tensors is None:
+                self._tensors = (
+                    torch.from_numpy(self.indptr_np).to(self.device),
+                    torch.from_numpy(self.indices_np.astype(np.int64)).to(self.device),
+                )
+        return self._tensors
 
     def mask_(self, scores: torch.Tensor, block: np.ndarray, rows: torch.Tensor) -> None:
         num_keys = scores.shape[1]
         if len(block) == 0:
             return
+        indptr, indices = self.tensors()
         lo, hi = int(block[0]), int(block[-1]) + 1
         if hi - lo == len(block) and bool((np.diff(block) == 1).all()):
             # contiguous queries: one slice of the CSR
             start, stop = int(self.indptr_np[lo]), int(self.indptr_np[hi])
-            cols = self.indices[start:stop]
-            lengths = self.indptr[lo + 1 : hi + 1] - self.indptr[lo:hi]
+            cols = indices[start:stop]
+            lengths = indptr[lo + 1 : hi + 1] - indptr[lo:hi]
         else:
-            starts, stops = self.indptr[rows], self.indptr[rows + 1]
+            starts, stops = indptr[rows], indptr[rows + 1]
             lengths = stops - starts
             offsets = torch.repeat_interleave(
                 starts - (torch.cumsum(lengths, 0) - lengths), lengths
             )
-            cols = self.indices[offsets + torch.arange(offsets.numel(), device=offsets.device)]
+            cols = indices[offsets + torch.arange(offsets.numel(), device=offsets.device)]
         local = torch.repeat_interleave(torch.arange(len(block), device=scores.device), lengths)
         scores.view(-1).index_fill_(0, local * num_keys + cols, NEG_INF)

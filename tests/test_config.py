@@ -98,7 +98,7 @@ def test_config_show_origin_names_default_file_env_and_option(tmp_path: Path) ->
     assert found["scoring.top_n"] == ("7", f"file {path}")
     assert found["output.keep_archives"] == ("3", "env RECSYS_OUTPUT_KEEP_ARCHIVES")
     assert found["training.seed"] == ("5", "option")
-    assert found["scoring.dtype"] == ('"float32"', "default")
+    assert found["scoring.dtype"] == ('"auto"', "default")
     keys = {f"{s}.{k}" for s, values in Config().to_dict().items() for k in values}
     assert keys - {"model.params"} <= set(found)
 
