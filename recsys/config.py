@@ -372,14 +372,15 @@ RANGES: dict[str, Range] = {
 CHOICES: dict[str, str] = {
     "training.device": r"auto|cpu|cuda(:\d+)?|mps",
     "scoring.device": r"auto|cpu|cuda(:\d+)?|mps",
-    "scoring.dtype": r"float32|float16|bfloat16",
+    "scoring.dtype": r"auto|float32|float16|bfloat16",
     "output.file_mode": r"0?[0-7]{3}",
 }
 CHOICE_TEXT = {"training.device": "auto, cpu, cuda, cuda:N or mps",
                "scoring.device": "auto, cpu, cuda, cuda:N or mps",
-               "scoring.dtype": "float32, float16 or bfloat16",
+               "scoring.dtype": "auto, float32, float16 or bfloat16",
                "output.file_mode": "an octal mode such as 644"}  # fmt: skip
 NON_EMPTY = ("columns.user", "columns.item", "columns.rating", "columns.timestamp",
+             "columns.weight",
              "features.separator", "output.database")  # fmt: skip
 
 
