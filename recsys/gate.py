@@ -18,6 +18,9 @@ class GateInput:
     value: float | None  # this run's validation value of the served model
     popularity: float | None = None  # popularity's value on the same split (the floor)
     fitted: bool | None = None  # any optimizer step (closed form counts); None: not known
+    # The model's widest score range over the catalogue for sampled users (None: not known,
+    # then the published scores stand in): 0 means every item scores the same for them.
+    score_spread: float | None = None
 
 
 def check(
@@ -91,7 +94,10 @@ def check_absolute(staged: StagedDatabase, gate: GateConfig, current: GateInput)
     low, high, num_rows = staged.query(
         "select min(score), max(score), count(*) from recommendations"
     )[0]
-    if num_rows > 1 and low == high:
+    # Equal scores in the lists alone may be the data's own ties (every unseen item with the
+    # same count); the model ranks nothing only when its whole score rows are flat.
+    flat = current.score_spread == 0 if current.score_spread is not None else low == high
+    if num_rows > 1 and flat:
         problems.append(
             f"every recommendation score is {low:g}: the model ranks nothing (its weights may "
             "all be equal, e.g. init_std near 0 or a learning rate near 0)"

@@ -28,6 +28,7 @@ from recsys.ledger import now_iso
 from recsys.metrics import RANKING_METRICS
 from recsys.recommend import (
     recommendation_batches,
+    score_spread,
     similar_item_batches,
     similar_items_skipped,
 )
@@ -258,7 +259,9 @@ def publish_trained(
                  if m.model == "popularity" and m.metric == metric and m.k == k),
                 None,
             )  # fmt: skip
-            current = gate.GateInput(metric, k, value, popularity, trained.fitted)
+            spread = score_spread(trained, resolve_device(config.scoring.device))
+            current = gate.GateInput(metric, k, value, popularity, trained.fitted,
+                                     spread if np.isfinite(spread) else None)  # fmt: skip
             forced = _gate(staged, config, current, previous, force_publish)
             message = trained.selection + forced
             history = _history(warehouse, trained, run_id, started_at, num_rows, timer.seconds,

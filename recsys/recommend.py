@@ -119,6 +119,21 @@ def recommendation_batches(
         )
 
 
+@torch.no_grad()
+def score_spread(trained: TrainedModel, device: torch.device, sample: int = 256) -> float:
+    """The widest range of the model's scores over the items it may recommend, for up to
+    `sample` users it serves (evenly spaced): 0 when every such item scores the same for each
+    of them, the mark of a model that ranks nothing (the quality gate refuses it)."""
+    warm = np.flatnonzero(user_routes(trained) != POPULARITY)
+    allowed = torch.as_tensor(scorable_items(trained), device=device)
+    if warm.size == 0 or not bool(allowed.any()):
+        return float("nan")
+    rows = warm[np.linspace(0, warm.size - 1, min(sample, warm.size)).astype(np.int64)]
+    scores = scorer_for(trained.model, device).score(torch.from_numpy(rows).to(device))
+    scores = scores[:, allowed]  # (B, allowed items)
+    return float((scores.amax(dim=1) - scores.amin(dim=1)).max())
+
+
 def similar_items_skipped(trained: TrainedModel, n: int) -> str:
     """Why `similar_items` stays empty for this model ("" when it is computed)."""
     if n <= 0:

@@ -119,7 +119,11 @@ def assert_old_or_new(db: Path, old: Served, known: set[str]) -> tuple[Served, s
     killed = new[0]["run_id"] if new else ""
     assert served.run_id in {old.run_id, killed}, f"served {served}, old {old}, killed {killed}"
     if served.run_id == old.run_id:
-        assert warehouse.ledger.served_run_id() == old.run_id
+        # the old run itself may still be 'running' in the ledger: killed after its replace,
+        # and this run died before its recovery could record it (history shows it published)
+        assert warehouse.ledger.served_run_id() == old.run_id or (
+            warehouse.ledger.get(old.run_id)["status"] == "running"
+        )
         assert new == [] or new[0]["status"] == "running", new
     else:
         assert new[0]["status"] in ("running", "published"), new[0]
