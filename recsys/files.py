@@ -1,9 +1,12 @@
 """What the job writes for others to read: folders it must be able to write before it starts
-the work, and the permissions of every file and folder it creates."""
+the work, the permissions of every file and folder it creates, and the one way a file is
+written whole or not at all (`atomic_path`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from recsys.errors import CannotWriteError
@@ -39,3 +42,39 @@ def check_writable(folder: Path, what: str) -> None:
 def is_duckdb_file(path: Path) -> bool:
     with path.open("rb") as fh:
         return fh.read(12)[8:12] == DUCKDB_MAGIC
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: hidden, beside it (the same
+    file system, so the rename is atomic), and named by the writing process."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write `path`'s content to; when the block ends normally the
+    file is fsynced, renamed over `path` and the folder fsynced, so readers and a crash see
+    the old file or the new one whole. On an error the temporary file is removed."""
+    tmp = temporary_name(path)
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 
 from recsys.errors import NotFoundError
+from recsys.store.served import served_run_id
 from recsys.warehouse import QUERIES_DIR, has_table, open_read_only
 
 
@@ -28,7 +29,7 @@ def user_list(database: str | Path, user_id: str) -> Listing:
     `user_history` allow, the most similar item the user already has."""
     database = Path(database)
     with open_read_only(database) as con:
-        run_id = _run_id(con)
+        run_id = served_run_id(con)
         key = _key(con, "recommendations", "user_id", user_id)
         query = (
             "because_you_watched.sql"
@@ -61,7 +62,7 @@ def similar_items(database: str | Path, item_id: str) -> Listing:
     """The item's most similar items (cosine of the served model's item vectors) with metadata."""
     database = Path(database)
     with open_read_only(database) as con:
-        run_id = _run_id(con)
+        run_id = served_run_id(con)
         key = _key(con, "items", "item_id", item_id)
         found = (
             con.sql(
@@ -97,10 +98,6 @@ def similar_items(database: str | Path, item_id: str) -> Listing:
 def _run(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[tuple], list[str]]:
     relation = con.sql(path.read_text())
     return relation.fetchall(), list(relation.columns)
-
-
-def _run_id(con: duckdb.DuckDBPyConnection) -> str:
-    return con.sql("select min(run_id) from recommendations").fetchall()[0][0] or ""
 
 
 def _model(con: duckdb.DuckDBPyConnection, run_id: str) -> str:

@@ -31,6 +31,7 @@ from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
 from recsys.redact import redact
 from recsys.state import StatePaths, state_paths
 from recsys.version import code_version
+from recsys.store.served import served_run_id
 from recsys.warehouse import QUERIES_DIR, Warehouse, has_table, open_read_only
 
 log = logging.getLogger(__name__)
@@ -271,12 +272,6 @@ class ReportData:
     most_recommended: pl.DataFrame | None = None
     activity: pl.DataFrame | None = None  # None when the file has no metrics_by_activity
     notes: list[str] = field(default_factory=list)
-
-
-def served_run_id(con: duckdb.DuckDBPyConnection) -> str:
-    """The run whose recommendations this file holds ('' when it holds none)."""
-    found = con.sql("select min(run_id) from recommendations").fetchall()[0][0]
-    return found or ""
 
 
 def load_report_data(

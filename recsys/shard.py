@@ -30,6 +30,7 @@ from recsys import duck, faults
 from recsys.checkpoint import TrainedModel
 from recsys.config import ScoringConfig
 from recsys.errors import DataError, MissingInputError
+from recsys.files import fsync_path
 from recsys.ledger import now_iso
 from recsys.recommend import (
     recommendation_batches,
@@ -40,7 +41,6 @@ from recsys.recommend import (
     topn_batch,
 )
 from recsys.score import TopN, scoring_dtype
-from recsys.warehouse import fsync_path
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from recsys.errors import (
     RecsysError,
     ServedBusyError,
 )
-from recsys.files import check_writable, is_duckdb_file
+from recsys.files import check_writable, fsync_path, is_duckdb_file
 from recsys.ledger import Ledger, is_run_id, new_run_id
 from recsys.lock import RunLock, is_held
 from recsys.state import state_paths
@@ -58,14 +58,6 @@ STORAGE_VERSION = "v1.0.0"
 
 def duckdb_type(dtype: pl.DataType) -> str:
     return "BIGINT" if dtype.is_integer() else "VARCHAR"
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
