@@ -30,8 +30,8 @@ from recsys.errors import NotFoundError
 from recsys.metrics import LOWER_IS_BETTER, RANKING_METRICS, RATING_METRICS
 from recsys.redact import redact
 from recsys.state import StatePaths, state_paths
-from recsys.version import code_version
 from recsys.store.served import served_run_id
+from recsys.version import code_version
 from recsys.warehouse import QUERIES_DIR, Warehouse, has_table, open_read_only
 
 log = logging.getLogger(__name__)
