@@ -21,6 +21,12 @@ RATING_METRICS = ("rmse", "mae", "auc", "logloss")
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "logloss"})
 
 
+def metric_label(metric: str, k: int | None) -> str:
+    """How a metric is named to people: `ndcg@10` for a ranking metric, `rmse` for one with
+    no cut-off."""
+    return f"{metric}@{k}" if k is not None else metric
+
+
 def ranking_metrics(hits: np.ndarray, num_relevant: np.ndarray, k: int) -> dict[str, float]:
     """hits: (U, <=K) bool, num_relevant: (U,) int. Rows with num_relevant == 0 are skipped."""
     hits = np.asarray(hits, dtype=bool)[:, :k]
